@@ -1,0 +1,1 @@
+"""Neural network modules (torch only: no numpy pipelines, no napari, no Qt)."""
