@@ -170,18 +170,25 @@ def download_from_hub(
         folder = None
         for name in filenames or ("config.json",):
             folder = fetch(name).parent
+        offline_error: Exception | None = None
         for name in HUB_WEIGHT_FILES + HUB_INDEX_FILES:
             try:
                 path = fetch(name)
-            except Exception as exc:  # the repo simply lacks this file: try the next layout
-                if _is_missing_file(exc):
-                    continue
-                raise
+            except Exception as exc:  # the repo (or the offline cache) lacks this file: next layout
+                if not _is_missing_file(exc):
+                    raise
+                if _is_offline(exc):
+                    offline_error = exc
+                continue
             if name in HUB_INDEX_FILES:
                 for shard in sorted(set(json.loads(path.read_text())["weight_map"].values())):
                     fetch(shard)
             return path.parent if folder is None else folder
-        raise WeightsUnavailableError(f"hub repo {repo_id!r} has no weights file ({HUB_WEIGHT_FILES})")
+        if offline_error is not None:
+            raise offline_error
+        raise WeightsUnavailableError(
+            f"hub repo {repo_id!r} has no weights file ({HUB_WEIGHT_FILES})"
+        )
     except WeightsUnavailableError:
         raise
     except Exception as exc:
@@ -191,7 +198,7 @@ def download_from_hub(
 def _is_missing_file(exc: Exception) -> bool:
     from huggingface_hub.errors import EntryNotFoundError
 
-    return isinstance(exc, EntryNotFoundError) and not _is_offline(exc)
+    return isinstance(exc, EntryNotFoundError)
 
 
 def _is_offline(exc: Exception) -> bool:
@@ -211,7 +218,9 @@ def _offline_message(repo_id: str, filename: str | None, exc: Exception) -> str:
     )
 
 
-def check_state_dict_keys(model: nn.Module, state_dict: Mapping[str, torch.Tensor], source: str) -> None:
+def check_state_dict_keys(
+    model: nn.Module, state_dict: Mapping[str, torch.Tensor], source: str
+) -> None:
     """Raise :class:`CheckpointError` naming missing, unexpected and mis-shaped keys."""
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state_dict))
@@ -224,9 +233,15 @@ def check_state_dict_keys(model: nn.Module, state_dict: Mapping[str, torch.Tenso
     if not (missing or unexpected or mismatched):
         return
     parts = [f"checkpoint {source} does not fit the model:"]
-    for label, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", mismatched)):
+    for label, keys in (
+        ("missing", missing),
+        ("unexpected", unexpected),
+        ("wrong shape", mismatched),
+    ):
         if keys:
-            shown = ", ".join(keys[:12]) + (f", ... ({len(keys) - 12} more)" if len(keys) > 12 else "")
+            shown = ", ".join(keys[:12]) + (
+                f", ... ({len(keys) - 12} more)" if len(keys) > 12 else ""
+            )
             parts.append(f"{len(keys)} {label} key(s): {shown}")
     raise CheckpointError("\n".join(parts))
 

@@ -29,9 +29,13 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
         return torch.device("cpu")
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {str(device)!r} requested but CUDA is not available here; {_available()}")
+        raise ValueError(
+            f"device {str(device)!r} requested but CUDA is not available here; {_available()}"
+        )
     if dev.type == "mps" and not _mps_available():
-        raise ValueError(f"device {str(device)!r} requested but MPS is not available here; {_available()}")
+        raise ValueError(
+            f"device {str(device)!r} requested but MPS is not available here; {_available()}"
+        )
     if dev.type not in ("cpu", "cuda", "mps"):
         raise ValueError(f"unsupported device {str(device)!r}; {_available()}")
     return dev
