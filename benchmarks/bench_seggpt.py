@@ -1,0 +1,137 @@
+"""Benchmark: one SegGPT ViT-L forward (896 x 448, random weights), ours vs transformers.
+
+Both models hold the same random weights. On the CPU (default) the script times one full
+forward of transformers' ``SegGptForImageSegmentation`` in float32 and ours in the chosen
+precision ("auto": bf16 on CPUs with native bf16), for one prompt and one target, and prints
+the ratio. Ours is timed both as a full call (prompt encoding + target) and as the per-target
+part alone (prompts are encoded once by ``set_prompts``).
+
+On CUDA it reports milliseconds per target slice at batch 1 and at the best of the given batch
+sizes (``--precision bf16`` is the number to quote), with one prompt.
+
+Examples
+--------
+python benchmarks/bench_seggpt.py                       # CPU, ours (auto) vs transformers fp32
+python benchmarks/bench_seggpt.py --precision fp32
+python benchmarks/bench_seggpt.py --device cuda --precision bf16 --batch-sizes 1 2 4 8 16
+python benchmarks/bench_seggpt.py --skip-reference --repeats 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from napari_segany.checkpoints import build_with_weights
+from napari_segany.models.precision import resolve_device, resolve_dtype
+from napari_segany.models.seggpt import SegGpt, SegGptArchitecture
+from napari_segany.seggpt import SEGGPT_MODELS
+from napari_segany.seggpt.loader import convert_state_dict
+
+
+def make_reference(seed: int = 0):
+    """transformers' SegGPT ViT-L with random weights (float32, eval)."""
+    from transformers import SegGptConfig, SegGptForImageSegmentation
+
+    torch.manual_seed(seed)
+    return SegGptForImageSegmentation(SegGptConfig()).eval()
+
+
+def random_state(arch: SegGptArchitecture, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Random weights in our key layout (used with --skip-reference)."""
+    with torch.device("meta"):
+        shapes = {k: v.shape for k, v in SegGpt(arch).state_dict().items()}
+    generator = torch.Generator().manual_seed(seed)
+    return {k: torch.randn(s, generator=generator) * 0.02 for k, s in shapes.items()}
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn, device: torch.device, repeats: int) -> float:
+    """Best wall time of ``repeats`` calls, seconds (after one warm-up call)."""
+    fn()
+    sync(device)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        sync(device)
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--precision", default="auto")
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1])
+    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
+    parser.add_argument("--skip-reference", action="store_true", help="do not time transformers")
+    args = parser.parse_args()
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    dtype = resolve_dtype(args.precision, device)
+    arch = SegGptArchitecture.from_dict(SEGGPT_MODELS["seggpt-vit-l"].architecture)
+    half_h, half_w = arch.half_size
+    print(f"device {device}, ours in {dtype}, torch {torch.__version__}, threads {torch.get_num_threads()}")
+
+    reference = None if args.skip_reference else make_reference()
+    state = (
+        convert_state_dict(reference.state_dict()) if reference is not None else random_state(arch)
+    )
+    ours = build_with_weights(lambda: SegGpt(arch), state, device=device, dtype=dtype, source="random")
+    del state
+
+    generator = torch.Generator().manual_seed(1)
+    prompt = torch.randn(1, 3, half_h, half_w, generator=generator)
+    mask = torch.randn(1, 3, half_h, half_w, generator=generator)
+    target = torch.randn(1, 3, half_h, half_w, generator=generator)
+
+    def ours_full():
+        return ours(target, ours.encode_prompts(prompt, mask))
+
+    prompts = ours.encode_prompts(prompt, mask)
+    t_full = timed(ours_full, device, args.repeats)
+    t_target = timed(lambda: ours(target, prompts), device, args.repeats)
+    print(f"ours, full call (prompt + target): {t_full:.3f} s")
+    print(f"ours, per target (prompt cached):   {t_target:.3f} s")
+
+    if reference is not None and device.type == "cpu":
+        with torch.inference_mode():
+            t_ref = timed(lambda: reference(target, prompt, mask), device, max(1, args.repeats - 1) if args.repeats > 1 else 1)
+            expected = reference(target, prompt, mask).pred_masks[:, :, half_h:]
+        got = ours_full().float()
+        err = (got - expected).abs().max().item()
+        print(f"transformers fp32, one forward:     {t_ref:.3f} s")
+        print(f"ratio ours/transformers: full {t_full / t_ref:.3f}, per target {t_target / t_ref:.3f}")
+        print(f"max |ours - transformers| on the painted target half: {err:.4f}")
+
+    if device.type == "cuda" or len(args.batch_sizes) > 1 or args.batch_sizes != [1]:
+        results = {}
+        for batch in args.batch_sizes:
+            targets = torch.randn(batch, 3, half_h, half_w, generator=generator)
+            try:
+                seconds = timed(lambda targets=targets: ours(targets, prompts), device, max(args.repeats, 3))
+            except torch.OutOfMemoryError:
+                print(f"batch {batch}: out of memory")
+                break
+            results[batch] = seconds * 1000 / batch
+            print(f"batch {batch:3d}: {results[batch]:8.1f} ms per target slice")
+        if results:
+            best = min(results, key=results.get)
+            first = min(results)
+            print(
+                f"ms per slice: batch {first} {results[first]:.1f}; best batch {best} {results[best]:.1f}"
+            )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,188 @@
+"""The layers the Segment Anything widget creates and manages: points, boxes and preview.
+
+- *SAM points*: positive points green, negative points red (feature ``"prompt"``); which kind the
+  next click adds is the layer's feature default, switched by :meth:`SamPromptLayers.set_positive`.
+- *SAM boxes*: a Shapes layer whose rectangles are SAM boxes, one object each.
+- *SAM preview*: a uint8 Labels layer over the image (same shape and placement) showing the
+  current object(s) on the shown slice, and propagation results while they arrive.
+
+All three are placed exactly on the image layer (scale and translation), so a click lands on the
+pixel under the cursor; the prompts are still read through world coordinates
+(:mod:`.sam_layers`), so moving a layer does not break anything.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from napari_segany._napari import sam_layers as glue
+
+if TYPE_CHECKING:
+    import napari
+    from napari.layers import Image, Labels
+
+POINTS_NAME = "SAM points"
+BOXES_NAME = "SAM boxes"
+PREVIEW_NAME = "SAM preview"
+POSITIVE_COLOR = "lime"
+NEGATIVE_COLOR = "red"
+
+
+class SamPromptLayers:
+    """Creates, tracks and updates the widget's own layers in one viewer.
+
+    Parameters
+    ----------
+    viewer
+        The napari viewer.
+    on_prompts_changed
+        Called whenever points or boxes change.
+    key_actions
+        Key → callable bound on both prompt layers (e.g. ``{"n": next_candidate}``);
+        ``points_only_keys`` are bound on the points layer only.
+    points_only_keys
+        Keys of ``key_actions`` bound on the points layer only (``"t"`` is the Shapes layer's
+        path tool).
+    """
+
+    def __init__(
+        self,
+        viewer: napari.viewer.Viewer,
+        on_prompts_changed: Callable[..., None],
+        key_actions: dict[str, Callable[[], Any]],
+        points_only_keys: Sequence[str] = (),
+    ) -> None:
+        self.viewer = viewer
+        self.on_prompts_changed = on_prompts_changed
+        self.key_actions = key_actions
+        self.points_only_keys = set(points_only_keys)
+        self.points: Any = None
+        self.shapes: Any = None
+        self.preview: Labels | None = None
+        self.positive = True
+        self._preview_slices: set[tuple[int, ...]] = set()
+
+    def forget_removed(self) -> None:
+        """Drop references to managed layers the user deleted."""
+        for name in ("points", "shapes", "preview"):
+            layer = getattr(self, name)
+            if layer is not None and layer not in self.viewer.layers:
+                setattr(self, name, None)
+                if name == "preview":
+                    self._preview_slices.clear()
+
+    def is_managed(self, layer: Any) -> bool:
+        """Whether ``layer`` is one of the three managed layers."""
+        return layer is not None and any(layer is m for m in (self.points, self.shapes, self.preview))
+
+    # -- prompts ------------------------------------------------------------------------------
+
+    def ensure_prompt_layers(self, image: Image) -> None:
+        """Add the points and boxes layers over ``image`` if missing (or of another ndim)."""
+        import pandas as pd
+
+        ndim = len(glue.spatial_shape(image))
+        placement = {"scale": tuple(image.scale), "translate": tuple(image.translate)}
+        for layer in (self.points, self.shapes):
+            if layer is not None and layer.ndim != ndim:
+                self.viewer.layers.remove(layer)
+        self.forget_removed()
+        size = max(glue.spatial_shape(image)[-2:])
+        if self.points is None:
+            self.points = self.viewer.add_points(
+                np.zeros((0, ndim)), ndim=ndim, name=POINTS_NAME, size=max(3.0, size / 60),
+                features={
+                    glue.PROMPT_FEATURE: pd.Categorical([], categories=[glue.POSITIVE, glue.NEGATIVE])
+                },
+                feature_defaults={glue.PROMPT_FEATURE: self._kind()},
+                face_color=glue.PROMPT_FEATURE,
+                face_color_cycle={glue.POSITIVE: POSITIVE_COLOR, glue.NEGATIVE: NEGATIVE_COLOR},
+                border_color="white", **placement,
+            )
+            self.points.events.data.connect(self.on_prompts_changed)
+            self._bind_keys(self.points, points_layer=True)
+        if self.shapes is None:
+            self.shapes = self.viewer.add_shapes(
+                ndim=ndim, name=BOXES_NAME, face_color="transparent", edge_color="yellow",
+                edge_width=max(1.0, size / 200), **placement,
+            )
+            self.shapes.events.data.connect(self.on_prompts_changed)
+            self._bind_keys(self.shapes, points_layer=False)
+        self.points.mode = "add"
+        self.viewer.layers.selection.active = self.points
+
+    def _bind_keys(self, layer: Any, *, points_layer: bool) -> None:
+        for key, action in self.key_actions.items():
+            if points_layer or key not in self.points_only_keys:
+                layer.bind_key(key, lambda _layer, action=action: action(), overwrite=True)
+
+    def _kind(self) -> str:
+        return glue.POSITIVE if self.positive else glue.NEGATIVE
+
+    def set_positive(self, positive: bool) -> str:
+        """Make the next point added positive (or negative); returns the kind's name."""
+        self.positive = positive
+        if self.points is not None:
+            self.points.feature_defaults[glue.PROMPT_FEATURE] = self._kind()
+        return self._kind()
+
+    def clear_prompts(self) -> None:
+        """Delete every point and box."""
+        if self.points is not None and len(self.points.data):
+            self.points.data = np.zeros((0, self.points.ndim))
+        if self.shapes is not None and len(self.shapes.data):
+            self.shapes.data = []
+
+    # -- preview ------------------------------------------------------------------------------
+
+    def ensure_preview(self, image: Image) -> Labels:
+        """The preview layer over ``image``, added below the prompt layers if missing."""
+        shape = glue.spatial_shape(image)
+        layer = self.preview
+        if layer is not None and tuple(layer.data.shape) != shape:
+            self.viewer.layers.remove(layer)
+            self.forget_removed()
+            layer = None
+        if layer is None:
+            layer = glue.new_labels_layer(image, PREVIEW_NAME, np.zeros(shape, dtype=np.uint8))
+            layer.opacity = 0.5
+            self.preview = layer
+            active = self.viewer.layers.selection.active
+            self.viewer.add_layer(layer)
+            index = self.viewer.layers.index(layer)
+            if self.points is not None:
+                self.viewer.layers.move(index, min(self.viewer.layers.index(self.points), index))
+            if active is not None:
+                self.viewer.layers.selection.active = active
+        return layer
+
+    def show_preview(self, image: Image, slice_index: tuple[int, ...], masks: Sequence[np.ndarray]) -> None:
+        """Replace the preview by ``masks`` (ids 1, 2, ...) on one slice."""
+        layer = self.ensure_preview(image)
+        self.clear_preview(refresh=False)
+        plane = np.zeros(layer.data.shape[-2:], dtype=np.uint8)
+        for i, mask in enumerate(masks):
+            plane[np.asarray(mask, bool) & (plane == 0)] = i % 254 + 1
+        layer.data[slice_index] = plane
+        self._preview_slices.add(tuple(slice_index))
+        layer.refresh()
+
+    def add_to_preview(self, image: Image, slice_index: tuple[int, ...], mask: np.ndarray) -> None:
+        """Show one more mask (e.g. a propagation step) without clearing other slices."""
+        layer = self.ensure_preview(image)
+        layer.data[slice_index] = np.asarray(mask, bool).astype(np.uint8)
+        self._preview_slices.add(tuple(slice_index))
+        layer.refresh()
+
+    def clear_preview(self, refresh: bool = True) -> None:
+        """Erase every slice the preview has drawn on."""
+        layer = self.preview
+        if layer is not None:
+            for index in self._preview_slices:
+                layer.data[index] = 0
+            if refresh and self._preview_slices:
+                layer.refresh()
+        self._preview_slices.clear()

@@ -1,0 +1,110 @@
+"""Collapsible parameter sections of the Segment Anything widget (plain forms, no logic)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from magicgui.widgets import CheckBox, ComboBox, Container, FloatSpinBox, LineEdit, SpinBox
+from superqt import QCollapsible
+
+WHOLE_STACK = "whole stack"
+CURRENT_SLICE = "current slice"
+
+
+@dataclass(frozen=True)
+class PropagationSettings:
+    """Options of *Propagate through stack* (see ``propagate_through_stack``)."""
+
+    direction: str = "both"
+    min_score: float = 0.5
+    min_area: int = 10
+    use_mask_prompt: bool = False
+
+    def as_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for ``propagate_through_stack``."""
+        return {
+            "direction": self.direction, "min_score": self.min_score,
+            "min_area": self.min_area, "use_mask_prompt": self.use_mask_prompt,
+        }
+
+
+class EverythingSection(Container):
+    """Parameters of *Segment everything* (defaults equal the reference generator's)."""
+
+    def __init__(self) -> None:
+        self.scope = ComboBox(label="scope", choices=[CURRENT_SLICE, WHOLE_STACK], value=CURRENT_SLICE)
+        self.points_per_side = SpinBox(label="points per side", value=32, min=1, max=256)
+        self.pred_iou_thresh = FloatSpinBox(label="pred. IoU thresh", value=0.88, min=0, max=1, step=0.01)
+        self.stability_score_thresh = FloatSpinBox(
+            label="stability thresh", value=0.95, min=0, max=1, step=0.01
+        )
+        self.box_nms_thresh = FloatSpinBox(label="box NMS thresh", value=0.7, min=0, max=1, step=0.01)
+        self.crop_n_layers = SpinBox(label="crop layers", value=0, min=0, max=3)
+        self.min_mask_region_area = SpinBox(label="min region area", value=0, min=0, max=10**7)
+        super().__init__(
+            widgets=[
+                self.scope, self.points_per_side, self.pred_iou_thresh,
+                self.stability_score_thresh, self.box_nms_thresh, self.crop_n_layers,
+                self.min_mask_region_area,
+            ]
+        )
+
+    def options(self) -> dict[str, Any]:
+        """Keyword arguments for ``segment_everything``."""
+        return {
+            "points_per_side": int(self.points_per_side.value),
+            "pred_iou_thresh": float(self.pred_iou_thresh.value),
+            "stability_score_thresh": float(self.stability_score_thresh.value),
+            "box_nms_thresh": float(self.box_nms_thresh.value),
+            "crop_n_layers": int(self.crop_n_layers.value),
+            "min_mask_region_area": int(self.min_mask_region_area.value),
+        }
+
+
+class AdvancedSection(Container):
+    """Propagation stop rules and the embedding cache."""
+
+    def __init__(self) -> None:
+        self.direction = ComboBox(
+            label="propagate", choices=["both", "forward", "backward"], value="both",
+            tooltip="Direction along the stack's last non-image axis",
+        )
+        self.min_score = FloatSpinBox(
+            label="stop below IoU", value=0.5, min=0, max=1, step=0.05,
+            tooltip="Propagation stops on a slice where SAM's predicted IoU is lower",
+        )
+        self.min_area = SpinBox(
+            label="stop below area", value=10, min=0, max=10**7,
+            tooltip="Propagation stops on a slice where the object has fewer pixels",
+        )
+        self.use_mask_prompt = CheckBox(text="use previous mask as prompt", value=False)
+        self.cache_items = SpinBox(
+            label="cached embeddings", value=64, min=1, max=100000,
+            tooltip="Most image embeddings kept in memory (one is 4 MiB for SAM)",
+        )
+        self.cache_folder = LineEdit(
+            label="cache folder",
+            tooltip="Optional folder where embeddings are also stored, reused after restarts",
+        )
+        super().__init__(
+            widgets=[
+                self.direction, self.min_score, self.min_area, self.use_mask_prompt,
+                self.cache_items, self.cache_folder,
+            ]
+        )
+
+    def propagation(self) -> PropagationSettings:
+        """The propagation settings shown."""
+        return PropagationSettings(
+            str(self.direction.value), float(self.min_score.value), int(self.min_area.value),
+            bool(self.use_mask_prompt.value),
+        )
+
+
+def collapsible(title: str, content: Container) -> QCollapsible:
+    """A collapsed Qt section holding a magicgui form."""
+    section = QCollapsible(title)
+    section.addWidget(content.native)
+    section.collapse(animate=False)
+    return section

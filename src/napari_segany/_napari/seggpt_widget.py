@@ -1,0 +1,397 @@
+"""Dock widget "In-context segmentation (SegGPT)": paint one slice, get the whole stack.
+
+The widget is thin (STYLE rule 7): it reads its form into a
+:class:`~napari_segany.seggpt.propagation.SlicePropagation` through
+:func:`~napari_segany._napari.seggpt_layers.plan_from_layers` (which validates everything, so bad
+inputs end in a notification before anything changes), loads the model through the shared
+:class:`~napari_segany._napari.model_picker.ModelPicker`, runs :func:`segment_job` in the shared
+:class:`~napari_segany._napari.background_task.BackgroundTask` and writes each slice into the
+output labels layer on the main thread as soon as it is done.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Generator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from magicgui.widgets import (
+    CheckBox,
+    ComboBox,
+    Container,
+    FloatSpinBox,
+    LineEdit,
+    PushButton,
+    SpinBox,
+)
+from napari.layers import Image, Labels
+from napari.utils.notifications import show_error, show_info, show_warning
+
+from napari_segany._napari.background_task import BackgroundTask
+from napari_segany._napari.model_picker import ModelPicker
+from napari_segany._napari.seggpt_layers import (
+    current_slice_key,
+    new_output_layer,
+    plan_from_layers,
+    seggpt_predictor,
+    write_slice,
+)
+from napari_segany.seggpt.propagation import PropagationSettings, SliceKey, SlicePropagation
+from napari_segany.seggpt.registry import DEFAULT_SEGGPT_MODEL, SEGGPT_MODELS
+
+SAME_AS_TARGET = "same as image"
+NEW_LAYER = "new labels layer"
+ALL_SLICES, CURRENT_SLICE, SLICE_RANGE = "all slices", "current slice", "slice range"
+
+
+@dataclass(frozen=True)
+class SliceDone:
+    """Progress of a run, yielded by :func:`segment_job`: slice ``key`` is done (or none yet)."""
+
+    done: int
+    total: int
+    key: SliceKey | None = None
+    labels: np.ndarray | None = None
+
+    @property
+    def message(self) -> str:
+        return f"slice {self.done}/{self.total}" if self.key is not None else "starting"
+
+
+def segment_job(plan: SlicePropagation, predictor: Any) -> Generator[SliceDone, None, int]:
+    """Background job: predict the planned slices, yielding each one; returns how many were done."""
+    total = len(plan)
+    yield SliceDone(0, total)
+    done = 0
+    for key, labels in plan.run(predictor):
+        done += 1
+        yield SliceDone(done, total, key, labels)
+    return done
+
+
+def parse_slice_list(text: str) -> list[int] | None:
+    """``"0, 8, 12-14"`` -> ``[0, 8, 12, 13, 14]``; an empty text -> ``None`` (every painted slice)."""
+    text = text.strip()
+    if not text:
+        return None
+    indices: list[int] = []
+    for part in re.split(r"[,\s;]+", text):
+        if not part:
+            continue
+        match = re.fullmatch(r"(\d+)(?:-(\d+))?", part)
+        if match is None:
+            raise ValueError(
+                f"cannot read prompt slices {text!r}: write slice numbers and ranges such as "
+                "'0, 8, 12-14', or leave the field empty to use every painted slice"
+            )
+        start = int(match.group(1))
+        stop = int(match.group(2)) if match.group(2) is not None else start
+        indices.extend(range(min(start, stop), max(start, stop) + 1))
+    return list(dict.fromkeys(indices))
+
+
+@dataclass
+class _Run:
+    """What the running job writes into: the output layer is created with the first slice."""
+
+    target: Image
+    prompt_labels: Labels
+    output: Labels | None
+    overwrite: bool
+    start_from_prompt_labels: bool
+    written: int = 0
+    keys: list[SliceKey] = field(default_factory=list)
+
+
+def _load_seggpt(source: str, device: str, precision: str) -> Any:
+    from napari_segany.seggpt import load_seggpt
+
+    return load_seggpt(source, device=device, precision=precision)
+
+
+class SegGptWidget(Container):
+    """In-context segmentation of image layers from painted labels (SegGPT).
+
+    Parameters
+    ----------
+    napari_viewer
+        The viewer whose layers are offered.
+    """
+
+    def __init__(self, napari_viewer: Any) -> None:
+        self.viewer = napari_viewer
+        self.target_box = ComboBox(
+            label="image",
+            choices=self._image_choices,
+            tooltip="The image (2D, 3D stack, time series or 4D) to segment",
+        )
+        self.prompt_image_box = ComboBox(
+            label="prompt image",
+            choices=self._prompt_image_choices,
+            tooltip="The image the prompt labels were painted on: the image itself, or another "
+            "(reference) image",
+        )
+        self.prompt_labels_box = ComboBox(
+            label="prompt labels",
+            choices=self._labels_choices,
+            tooltip="Painted examples: every slice with labels is a prompt",
+        )
+        self.prompt_slices_edit = LineEdit(
+            label="prompt slices",
+            tooltip="Which painted slices are prompts, e.g. '0, 8, 12-14'; empty: every painted "
+            "slice (up to 'max prompts', the nearest ones)",
+        )
+        self.max_prompts_box = SpinBox(
+            label="max prompts",
+            value=4,
+            min=1,
+            max=32,
+            tooltip="Prompts per target slice (SegGPT's feature ensemble); more is slower",
+        )
+        self.slices_box = ComboBox(
+            label="segment",
+            choices=[ALL_SLICES, CURRENT_SLICE, SLICE_RANGE],
+            value=ALL_SLICES,
+            tooltip="Which slices of the image to segment; painted prompt slices are never "
+            "overwritten",
+        )
+        self.range_start = SpinBox(label="from slice", value=0, min=0, max=0)
+        self.range_stop = SpinBox(label="to slice", value=0, min=0, max=0)
+        self.output_box = ComboBox(
+            label="output",
+            choices=self._output_choices,
+            tooltip="Labels layer the results are written into (slice by slice), or a new one",
+        )
+        self.overwrite_box = CheckBox(
+            text="overwrite existing labels",
+            value=False,
+            tooltip="Replace labelled pixels of the output; otherwise only unlabelled pixels are "
+            "filled",
+        )
+        self.video_box = CheckBox(
+            text="video: previous frame as extra prompt",
+            value=False,
+            tooltip="Each frame also uses the prediction of the frame before it (along the first "
+            "slice axis, outwards from the painted frames) as a prompt: tracks moving objects",
+        )
+        self.uncertain_box = CheckBox(
+            text="leave uncertain pixels unlabelled",
+            value=False,
+        )
+        self.threshold_box = FloatSpinBox(
+            label="uncertainty",
+            value=60.0,
+            min=0.0,
+            max=442.0,
+            step=5.0,
+            tooltip="Pixels whose painted colour is farther than this from every label colour "
+            "(RGB distance, 0-442) stay unlabelled",
+        )
+        self.model_picker = ModelPicker(
+            list(SEGGPT_MODELS), _load_seggpt, default=DEFAULT_SEGGPT_MODEL
+        )
+        self.run_button = PushButton(text="Segment")
+        super().__init__(
+            widgets=[
+                self.target_box,
+                self.prompt_image_box,
+                self.prompt_labels_box,
+                self.prompt_slices_edit,
+                self.max_prompts_box,
+                self.slices_box,
+                self.range_start,
+                self.range_stop,
+                self.output_box,
+                self.overwrite_box,
+                self.video_box,
+                self.uncertain_box,
+                self.threshold_box,
+                self.model_picker,
+                self.run_button,
+            ]
+        )
+        self.task = BackgroundTask(notify_error=lambda message: show_error(message))
+        self.native.layout().addWidget(self.task)
+        self._predictor: tuple[Any, Any] | None = None
+        self._run: _Run | None = None
+
+        self.run_button.changed.connect(self.run)
+        self.task.busy_changed.connect(lambda busy: setattr(self.run_button, "enabled", not busy))
+        self.slices_box.changed.connect(self._update_enabled)
+        self.uncertain_box.changed.connect(self._update_enabled)
+        self.target_box.changed.connect(self._update_enabled)
+        for event in ("inserted", "removed", "moved", "changed"):
+            getattr(self.viewer.layers.events, event).connect(self._layers_changed)
+        self._update_enabled()
+
+    # ------------------------------------------------------------------ form
+
+    def _image_choices(self, _widget: Any = None) -> list[tuple[str, Image]]:
+        return [(layer.name, layer) for layer in self.viewer.layers if isinstance(layer, Image)]
+
+    def _prompt_image_choices(self, _widget: Any = None) -> list[tuple[str, Any]]:
+        return [(SAME_AS_TARGET, SAME_AS_TARGET), *self._image_choices()]
+
+    def _labels_choices(self, _widget: Any = None) -> list[tuple[str, Labels]]:
+        return [(layer.name, layer) for layer in self.viewer.layers if isinstance(layer, Labels)]
+
+    def _output_choices(self, _widget: Any = None) -> list[tuple[str, Any]]:
+        return [(NEW_LAYER, NEW_LAYER), *self._labels_choices()]
+
+    def _layers_changed(self, *_: Any) -> None:
+        self.reset_choices()
+        self._update_enabled()
+
+    def _update_enabled(self, *_: Any) -> None:
+        target = self.target_box.value
+        leading = ()
+        if isinstance(target, Image) and not target.multiscale:
+            leading = tuple(target.data.shape[: target.ndim - 2])
+        ranged = self.slices_box.value == SLICE_RANGE
+        last = max(leading[0] - 1, 0) if leading else 0
+        for box in (self.range_start, self.range_stop):
+            box.max = last
+            box.visible = ranged
+        self.video_box.enabled = bool(leading)
+        self.threshold_box.enabled = self.uncertain_box.value
+
+    def settings(self) -> PropagationSettings:
+        """The form's propagation settings."""
+        return PropagationSettings(
+            max_prompts=int(self.max_prompts_box.value),
+            use_previous_frame=bool(self.video_box.value and self.video_box.enabled),
+            time_axis=0,
+            uncertainty_threshold=float(self.threshold_box.value)
+            if self.uncertain_box.value
+            else None,
+            overwrite_existing=bool(self.overwrite_box.value),
+        )
+
+    def plan(self) -> SlicePropagation:
+        """Read the form and the layers into a validated plan (raises ``ValueError``)."""
+        target = self.target_box.value
+        prompt_labels = self.prompt_labels_box.value
+        if not isinstance(target, Image):
+            raise ValueError("no image layer: open or choose the image to segment")
+        if not isinstance(prompt_labels, Labels):
+            raise ValueError(
+                "no prompt labels layer: add a labels layer, paint a few objects on one slice, "
+                "and choose it as 'prompt labels'"
+            )
+        prompt_image = self.prompt_image_box.value
+        prompt_image = None if prompt_image == SAME_AS_TARGET else prompt_image
+        output = self.output_box.value
+        output = None if output == NEW_LAYER else output
+        slices: Any = "all"
+        if self.slices_box.value == CURRENT_SLICE:
+            slices = "current"
+        elif self.slices_box.value == SLICE_RANGE:
+            start, stop = int(self.range_start.value), int(self.range_stop.value)
+            slices = range(min(start, stop), max(start, stop) + 1)
+        return plan_from_layers(
+            target,
+            prompt_labels,
+            prompt_image,
+            output=output,
+            slices=slices,
+            current_key=current_slice_key(target, self.viewer.dims.point),
+            prompt_slices=parse_slice_list(self.prompt_slices_edit.value),
+            settings=self.settings(),
+        )
+
+    # ------------------------------------------------------------------ running
+
+    def run(self, *_: Any) -> None:
+        """Validate, load the model (in the background, once) and segment the chosen slices."""
+        if self.task.is_running:
+            show_warning(f"{self.task.description} is still running: wait or press Cancel")
+            return
+        try:
+            plan = self.plan()
+        except ValueError as exc:
+            show_error(f"SegGPT: {exc}")
+            return
+        if len(plan) == 0:
+            show_warning("SegGPT: nothing to segment: every chosen slice is a painted prompt slice")
+            return
+        output = self.output_box.value
+        prompt_labels = self.prompt_labels_box.value
+        run = _Run(
+            target=self.target_box.value,
+            prompt_labels=prompt_labels,
+            output=None if output == NEW_LAYER else output,
+            overwrite=plan.settings.overwrite_existing,
+            start_from_prompt_labels=plan.prompts_in_target,
+        )
+        try:
+            self.model_picker.request_model(
+                self.task,
+                lambda model, _choice: self._when_idle(lambda: self._start(plan, run, model)),
+            )
+        except (ValueError, RuntimeError) as exc:
+            show_error(f"SegGPT: {exc}")
+
+    def cancel(self) -> None:
+        """Stop the running job; finished slices stay, the others are left as they were."""
+        self.task.cancel()
+
+    def _when_idle(self, callback: Any) -> None:
+        """Call ``callback`` once the task is free (a model load finishes just before)."""
+        if not self.task.is_running:
+            callback()
+            return
+
+        def once(busy: bool) -> None:
+            if not busy:
+                self.task.busy_changed.disconnect(once)
+                callback()
+
+        self.task.busy_changed.connect(once)
+
+    def _start(self, plan: SlicePropagation, run: _Run, model: Any) -> None:
+        if self._predictor is None or self._predictor[0] is not model:
+            self._predictor = (model, seggpt_predictor(model))
+        self._run = run
+        self.task.start(
+            segment_job,
+            plan,
+            self._predictor[1],
+            description="SegGPT",
+            on_yielded=self._write,
+            on_returned=self._finished,
+            on_aborted=self._cancelled,
+        )
+
+    def _write(self, progress: SliceDone) -> None:
+        run = self._run
+        if run is None or progress.key is None or progress.labels is None:
+            return
+        if run.output is None:
+            run.output = self._new_output(run)
+        elif run.output not in self.viewer.layers:
+            if self.task.is_running:
+                self.task.cancel()
+                show_warning(f"SegGPT stopped: the output layer {run.output.name!r} was removed")
+            return
+        write_slice(run.output, progress.key, progress.labels, overwrite=run.overwrite)
+        run.written += 1
+        run.keys.append(progress.key)
+
+    def _new_output(self, run: _Run) -> Labels:
+        layer = new_output_layer(run.target, name=f"{run.target.name} SegGPT")
+        if run.start_from_prompt_labels and run.prompt_labels.data.shape == layer.data.shape:
+            layer.data[...] = np.asarray(run.prompt_labels.data)  # the painted slices, as painted
+        return self.viewer.add_layer(layer)
+
+    def _finished(self, done: int) -> None:
+        run = self._run
+        name = run.output.name if run is not None and run.output is not None else "?"
+        show_info(f"SegGPT segmented {done} slice(s) into {name!r}")
+
+    def _cancelled(self) -> None:
+        written = self._run.written if self._run is not None else 0
+        show_info(
+            f"SegGPT cancelled: {written} finished slice(s) kept, the others left as they were"
+        )

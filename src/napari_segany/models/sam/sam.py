@@ -1,0 +1,113 @@
+"""The composite Segment Anything model: image encoder + prompt encoder + mask decoder."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from .image_encoder import ImageEncoderViT
+from .mask_decoder import MaskDecoder
+from .prompt_encoder import PromptEncoder
+
+
+class Sam(nn.Module):
+    """Segment Anything, assembled from its three parts.
+
+    The expensive image encoder runs once per image (:meth:`embed_image`); the prompt encoder and
+    mask decoder run once per prompt (:meth:`decode`). Image preprocessing (resizing, padding,
+    normalisation) and mask post-processing live in :class:`napari_segany.sam.SamPredictor`.
+
+    Parameters
+    ----------
+    image_encoder, prompt_encoder, mask_decoder
+        The three parts.
+    name
+        Human-readable identity, e.g. the registry name or the checkpoint path.
+    preprocessing
+        The :class:`napari_segany.sam.registry.SamPreprocessing` the weights were trained with;
+        set by the loader and read by the predictor (None means SAM's own).
+    """
+
+    mask_threshold: float = 0.0
+
+    def __init__(
+        self,
+        image_encoder: ImageEncoderViT,
+        prompt_encoder: PromptEncoder,
+        mask_decoder: MaskDecoder,
+        *,
+        name: str = "sam",
+        preprocessing: Any = None,
+    ) -> None:
+        super().__init__()
+        self.image_encoder = image_encoder
+        self.prompt_encoder = prompt_encoder
+        self.mask_decoder = mask_decoder
+        self.name = name
+        self.preprocessing = preprocessing
+
+    @property
+    def image_size(self) -> int:
+        """Side of the square model input in pixels (1024 for the released models)."""
+        return self.image_encoder.image_size
+
+    @property
+    def low_res_mask_size(self) -> tuple[int, int]:
+        """(height, width) of the low-resolution mask logits and of ``mask_input``."""
+        return self.prompt_encoder.mask_input_size
+
+    @property
+    def device(self) -> torch.device:
+        return self.mask_decoder.iou_token.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.mask_decoder.iou_token.weight.dtype
+
+    def embed_image(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(B, 3, S, S) normalised, padded image -> (B, C, S / patch, S / patch) image embedding."""
+        return self.image_encoder(pixels.to(self.dtype))
+
+    def decode(
+        self,
+        image_embeddings: torch.Tensor,
+        point_coords: torch.Tensor | None = None,
+        point_labels: torch.Tensor | None = None,
+        boxes: torch.Tensor | None = None,
+        mask_input: torch.Tensor | None = None,
+        multimask_output: bool = True,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Prompts -> low-resolution mask logits and IoU predictions, for B prompts on one image.
+
+        Parameters
+        ----------
+        image_embeddings
+            (1 or B, C, h, w) from :meth:`embed_image`.
+        point_coords, point_labels
+            (B, N, 2) (x, y) model-input-frame pixels and (B, N) labels (1 foreground,
+            0 background, -1 ignored), or None.
+        boxes
+            (B, 4) x0, y0, x1, y1 in model-input-frame pixels, or None.
+        mask_input
+            (B, 1, 4h, 4w) mask logits from an earlier prediction, or None.
+        multimask_output
+            Three ambiguity-aware masks per prompt instead of one.
+
+        Returns
+        -------
+        low_res_logits
+            (B, M, 4h, 4w) in the model dtype; M = 3 with ``multimask_output`` else 1.
+        iou_predictions
+            (B, M).
+        """
+        points = None if point_coords is None else (point_coords, point_labels)
+        sparse, dense = self.prompt_encoder(points=points, boxes=boxes, masks=mask_input)
+        return self.mask_decoder(
+            image_embeddings=image_embeddings.to(self.dtype),
+            image_pe=self.prompt_encoder.get_dense_pe(),
+            sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense,
+            multimask_output=multimask_output,
+        )

@@ -1,0 +1,202 @@
+"""Decoding batches of single-point prompts into filtered, box-cropped masks.
+
+This is the per-batch step of "segment everything". Unlike the official generator it filters
+by predicted IoU on the low-resolution output, so that only surviving masks are upscaled to
+full resolution, and it upscales them in chunks of bounded memory.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from napari_segany.sam.box_nms import boxes_near_crop_edge, masks_to_boxes
+from napari_segany.sam.mask_records import MaskCandidates, crop_to_boxes, stability_score
+
+
+class PointPromptDecoder:
+    """Wraps a SAM predictor (ours or the official one) for batched point-grid decoding.
+
+    Parameters
+    ----------
+    model
+        A ``SamPredictor`` (anything with ``set_image`` and ``predict_torch``) or a SAM model,
+        which is wrapped in the matching predictor (``napari_segany.sam.SamPredictor`` or, for a
+        model of the official package, ``segment_anything.SamPredictor``).
+    """
+
+    def __init__(self, model: Any) -> None:
+        self.predictor = _as_predictor(model)
+
+    # -- embedding ------------------------------------------------------------------------------
+    def set_image(self, rgb: np.ndarray) -> None:
+        """Compute the embedding of an (H, W, 3) uint8 RGB image."""
+        self.predictor.set_image(rgb)
+
+    def has_embedding_for(self, shape: tuple[int, int]) -> bool:
+        """Whether the predictor holds an embedding of an image of this (H, W) size."""
+        if not getattr(self.predictor, "is_image_set", False):
+            return False
+        return tuple(self.predictor.original_size) == tuple(shape)
+
+    def save_embedding(self) -> Any:
+        """The predictor's embedding state, or None when it has none or cannot export it."""
+        getter = getattr(self.predictor, "get_embedding_state", None)
+        if getter is None or not getattr(self.predictor, "is_image_set", False):
+            return None
+        return getter()
+
+    def restore_embedding(self, state: Any) -> None:
+        """Put back a state from :meth:`save_embedding` (no-op for None)."""
+        if state is not None:
+            self.predictor.set_embedding_state(state)
+
+    # -- decoding -------------------------------------------------------------------------------
+    @torch.no_grad()
+    def decode_points(
+        self,
+        points: np.ndarray,
+        crop_box: list[int],
+        image_box: list[int],
+        *,
+        pred_iou_thresh: float,
+        stability_score_thresh: float,
+        stability_score_offset: float,
+        chunk_bytes: int,
+    ) -> MaskCandidates:
+        """Masks of the three multimask outputs of each point, filtered as the reference does.
+
+        Filters, in order: predicted IoU ``> pred_iou_thresh`` (if > 0), stability
+        ``>= stability_score_thresh`` (if > 0), box not within 20 px of a crop edge that is not
+        an image edge.
+
+        Parameters
+        ----------
+        points
+            (N, 2) float64 (x, y) in pixels of the current (cropped) image.
+        crop_box, image_box
+            ``[x0, y0, x1, y1]`` of the crop within the image, and of the image.
+
+        Returns
+        -------
+        MaskCandidates
+            In the crop's frame (``crop_boxes`` all zero, set by the caller).
+        """
+        predictor = self.predictor
+        original_size = tuple(predictor.original_size)
+        coords = self._to_input_frame(points, original_size)
+        labels = torch.ones(coords.shape[0], dtype=torch.int, device=coords.device)
+        low_res, iou, full_res = self._decode(coords[:, None, :], labels[:, None])
+        n_masks = iou.shape[1]
+        iou = iou.flatten(0, 1).float()
+        all_points = torch.as_tensor(points.repeat(n_masks, axis=0))
+
+        keep = torch.ones_like(iou, dtype=torch.bool)
+        if pred_iou_thresh > 0.0:
+            keep = iou > pred_iou_thresh
+        indices = keep.nonzero()[:, 0]
+        source = full_res if full_res is not None else low_res
+        source = source.flatten(0, 1)
+
+        mask_threshold = float(getattr(predictor.model, "mask_threshold", 0.0))
+        height, width = original_size
+        per_mask = 4 * (height * width + _model_image_size(predictor) ** 2)
+        chunk = max(1, chunk_bytes // per_mask)
+        parts = []
+        for start in range(0, len(indices), chunk):
+            chosen = indices[start : start + chunk]
+            logits = source[chosen.to(source.device)].float()
+            if full_res is None:
+                logits = self._upscale(logits, original_size)
+            stability = stability_score(logits, mask_threshold, stability_score_offset)
+            passed = torch.ones_like(stability, dtype=torch.bool)
+            if stability_score_thresh > 0.0:
+                passed = stability >= stability_score_thresh
+            masks = logits[passed] > mask_threshold
+            del logits
+            boxes = masks_to_boxes(masks)
+            inside = ~boxes_near_crop_edge(boxes, crop_box, image_box)
+            boxes, masks = boxes[inside].cpu(), masks[inside]
+            chosen = chosen[passed.to(chosen.device)][inside.to(chosen.device)].cpu()
+            parts.append(
+                MaskCandidates(
+                    boxes=boxes,
+                    crops=crop_to_boxes(masks, boxes),
+                    predicted_iou=iou[chosen.to(iou.device)].cpu(),
+                    stability_score=stability[passed][inside].cpu(),
+                    points=all_points[chosen],
+                    crop_boxes=torch.zeros(len(boxes), 4, dtype=torch.long),
+                )
+            )
+        return MaskCandidates.concatenate(parts)
+
+    def _to_input_frame(self, points: np.ndarray, original_size: tuple[int, int]) -> torch.Tensor:
+        predictor = self.predictor
+        apply_coords = getattr(predictor, "apply_coords", None)
+        if apply_coords is None:  # the official predictor keeps it on its transform
+            apply_coords = predictor.transform.apply_coords
+        transformed = apply_coords(points, original_size)
+        device = getattr(predictor, "device", None) or predictor.model.device
+        coords = torch.as_tensor(transformed, device=device)
+        if hasattr(predictor.model, "decode"):
+            coords = coords.float()
+        return coords
+
+    def _decode(
+        self, coords: torch.Tensor, labels: torch.Tensor
+    ) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor | None]:
+        """Low-res logits (B, M, L, L) and IoU (B, M); or full-res logits when only
+        ``predict_torch`` is available (then low-res is None)."""
+        predictor = self.predictor
+        model = predictor.model
+        if hasattr(model, "decode"):
+            return (*model.decode(predictor.get_image_embedding(), coords, labels, multimask_output=True), None)
+        if hasattr(model, "prompt_encoder") and hasattr(model, "mask_decoder"):
+            sparse, dense = model.prompt_encoder(points=(coords, labels), boxes=None, masks=None)
+            low_res, iou = model.mask_decoder(
+                image_embeddings=predictor.get_image_embedding(),
+                image_pe=model.prompt_encoder.get_dense_pe(),
+                sparse_prompt_embeddings=sparse,
+                dense_prompt_embeddings=dense,
+                multimask_output=True,
+            )
+            return low_res, iou, None
+        full_res, iou, _ = predictor.predict_torch(
+            coords, labels, multimask_output=True, return_logits=True
+        )
+        return None, iou, full_res
+
+    def _upscale(self, low_res: torch.Tensor, original_size: tuple[int, int]) -> torch.Tensor:
+        """(K, L, L) low-res logits -> (K, H, W) logits at the original size, exactly as the
+        predictor upscales them (ours: ``SamPredictor.postprocess_masks``; the official one:
+        ``Sam.postprocess_masks``)."""
+        predictor = self.predictor
+        if hasattr(predictor, "postprocess_masks"):
+            return predictor.postprocess_masks(low_res[:, None])[:, 0]
+        return predictor.model.postprocess_masks(
+            low_res[:, None], predictor.input_size, original_size
+        )[:, 0]
+
+
+def _model_image_size(predictor: Any) -> int:
+    model = predictor.model
+    size = getattr(model, "image_size", None)
+    if size is None:
+        size = getattr(getattr(model, "image_encoder", None), "img_size", None)
+    if size is None:
+        size = max(predictor.input_size)
+    return int(size)
+
+
+def _as_predictor(model: Any) -> Any:
+    if hasattr(model, "set_image") and hasattr(model, "predict_torch"):
+        return model
+    if type(model).__module__.startswith("segment_anything"):
+        from segment_anything import SamPredictor as OfficialSamPredictor
+
+        return OfficialSamPredictor(model)
+    from napari_segany.sam import SamPredictor
+
+    return SamPredictor(model)
