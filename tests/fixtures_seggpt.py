@@ -74,7 +74,7 @@ def hf_to_original_key(key: str) -> str:
         ("mlp.lin2.", "mlp.fc2."),
     ):
         if rest.startswith(new):
-            return f"blocks.{index}.{old}{rest[len(new):]}"
+            return f"blocks.{index}.{old}{rest[len(new) :]}"
     raise AssertionError(f"no original name for {key}")
 
 
@@ -90,7 +90,12 @@ def randomise_seggpt_(model, seed: int = TINY_SEGGPT_SEED) -> None:
                 value = 1.0 + 0.3 * noise
             elif name.endswith("bias"):
                 value = 0.2 * noise
-            elif param.ndim >= 2 and "token" not in name and "position" not in name and "rel_pos" not in name:
+            elif (
+                param.ndim >= 2
+                and "token" not in name
+                and "position" not in name
+                and "rel_pos" not in name
+            ):
                 fan_in = math.prod(param.shape[1:])
                 value = noise / math.sqrt(fan_in)
             else:  # tokens, absolute and relative position tables
@@ -146,7 +151,9 @@ def tiny_seggpt_pth(tmp_path_factory, tiny_seggpt_reference) -> Path:
     """The same weights as an original Painter checkpoint: ``{"model": state_dict}``, original names."""
     import torch
 
-    state = {hf_to_original_key(k): v.clone() for k, v in tiny_seggpt_reference.state_dict().items()}
+    state = {
+        hf_to_original_key(k): v.clone() for k, v in tiny_seggpt_reference.state_dict().items()
+    }
     path = tmp_path_factory.mktemp("tiny_seggpt_pth") / "seggpt_tiny.pth"
     torch.save({"model": state, "epoch": 0}, path)
     return path

@@ -16,10 +16,9 @@ SCALE = (2.0, 0.5, 0.25)
 TRANSLATE = (10.0, -3.0, 4.0)
 
 
-def stack_layer(shape=(5, 40, 48), rgb=False):
-    rng = np.random.default_rng(0)
-    data = rng.integers(0, 4000, shape + ((3,) if rgb else ())).astype(np.uint16 if not rgb else np.uint8)
-    return Image(data, scale=SCALE, translate=TRANSLATE, rgb=rgb, name="stack")
+def stack_layer(shape=(5, 40, 48)):
+    data = np.random.default_rng(0).integers(0, 4000, shape).astype(np.uint16)
+    return Image(data, scale=SCALE, translate=TRANSLATE, name="stack")
 
 
 def test_shapes_and_slice_index_follow_world_coordinates():
@@ -28,7 +27,7 @@ def test_shapes_and_slice_index_follow_world_coordinates():
     world = np.array(TRANSLATE) + np.array(SCALE) * [3, 10, 10]
     assert glue.slice_index_at(image, world) == (3,)
     assert glue.slice_index_at(image, [1e6, 0, 0]) == (4,)  # clipped into the stack
-    rgb = stack_layer((6, 7), rgb=True)
+    rgb = Image(np.zeros((6, 7, 3), np.uint8), rgb=True)
     assert glue.spatial_shape(rgb) == (6, 7) and glue.slice_index_at(rgb, [0, 0]) == ()
     assert glue.read_slice(rgb, ()).shape == (6, 7, 3) and glue.contrast_limits_of(rgb) is None
 
@@ -154,3 +153,21 @@ def test_scripting_new_layer_everything_and_propagation(tiny_sam_model):
     assert not everything.data[:2].any()
     with pytest.raises(ValueError, match="2D"):
         propagate_label_through_stack(Image(np.zeros((8, 8))), Labels(np.zeros((8, 8), int)), 1, (), model=tiny_sam_model)
+
+
+def test_4d_time_series_segments_and_propagates_within_one_time_point(tiny_sam_model):
+    data = np.random.default_rng(5).normal(0, 1, (2, 3, 32, 32)).astype(np.float32)
+    image = Image(data, scale=(1.0, 2.0, 0.5, 0.5), translate=(0.0, 1.0, 2.0, 3.0))
+    assert glue.n_leading_axes(image) == 2
+    points = Points(np.asarray(image.data_to_world([1, 2, 16, 16]))[None])
+    labels = segment_layers_with_sam(image, points, model=tiny_sam_model, precision="fp32")
+    assert labels.data.shape == (2, 3, 32, 32)
+    touched = {tuple(i) for i in np.argwhere(labels.data.any(axis=(2, 3)))}
+    assert touched == {(1, 2)}
+    masks = propagate_label_through_stack(
+        image, labels, 1, (1, 2), model=tiny_sam_model, min_score=-1.0, min_area=1, min_overlap=0.0
+    )
+    assert set(masks) <= {0, 1}
+    touched = {tuple(i) for i in np.argwhere(labels.data.any(axis=(2, 3)))}
+    assert touched == {(1, 2)} | {(1, z) for z in masks}
+    assert not labels.data[0].any()

@@ -27,7 +27,9 @@ def _ensemble_attention(update: torch.Tensor, merge: int) -> torch.Tensor:
     prompt, inputs = update.split(update.shape[1] // 2, dim=1)
     if merge == 1:
         num_prompts = update.shape[0] // 2
-        inputs = inputs.reshape(2, num_prompts, -1).mean(dim=1, keepdim=True).expand(2, num_prompts, -1)
+        inputs = (
+            inputs.reshape(2, num_prompts, -1).mean(dim=1, keepdim=True).expand(2, num_prompts, -1)
+        )
         inputs = inputs.reshape(prompt.shape)
     else:
         inputs = inputs.mean(dim=0, keepdim=True).expand_as(inputs)
@@ -35,7 +37,9 @@ def _ensemble_attention(update: torch.Tensor, merge: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def original_ensemble_reference(reference, target, prompt_pixels, prompt_masks, embedding_type="instance"):
+def original_ensemble_reference(
+    reference, target, prompt_pixels, prompt_masks, embedding_type="instance"
+):
     """Painted target half (3, h, w) by the original SegGPT rule; inputs are normalised tensors."""
     config = reference.config
     num_prompts = prompt_pixels.shape[0]
@@ -44,7 +48,9 @@ def original_ensemble_reference(reference, target, prompt_pixels, prompt_masks, 
     num_patches = (images.shape[2] // config.patch_size) * (images.shape[3] // config.patch_size)
     masked = torch.zeros(1, num_patches, dtype=torch.bool)
     masked[:, num_patches // 2 :] = True
-    hidden = reference.model.embeddings(images, masks, bool_masked_pos=masked, embedding_type=embedding_type)
+    hidden = reference.model.embeddings(
+        images, masks, bool_masked_pos=masked, embedding_type=embedding_type
+    )
     features = []
     for idx, layer in enumerate(reference.model.encoder.layers):
         merge = 1 if config.merge_index >= idx else 2
@@ -66,7 +72,10 @@ def _normalised_inputs(processor, rng, num_prompts):
     labels = [rng.integers(0, 6, (HALF, HALF)) for _ in range(num_prompts)]
     target = rng.integers(0, 256, (HALF, HALF, 3), dtype=np.uint8)
     inputs = processor(
-        images=[target] * num_prompts, prompt_images=images, prompt_masks=labels, num_labels=5,
+        images=[target] * num_prompts,
+        prompt_images=images,
+        prompt_masks=labels,
+        num_labels=5,
         return_tensors="pt",
     )
     return images, labels, target, inputs
@@ -105,7 +114,10 @@ def test_transformers_feature_ensemble_differs_from_the_original(
     rng = np.random.default_rng(21)
     _, _, _, inputs = _normalised_inputs(tiny_seggpt_processor, rng, 3)
     original = original_ensemble_reference(
-        tiny_seggpt_reference, inputs["pixel_values"][:1], inputs["prompt_pixel_values"], inputs["prompt_masks"]
+        tiny_seggpt_reference,
+        inputs["pixel_values"][:1],
+        inputs["prompt_pixel_values"],
+        inputs["prompt_masks"],
     )
     with torch.no_grad():
         ported = tiny_seggpt_reference(**inputs, feature_ensemble=True).pred_masks[0, :, HALF:]
@@ -138,14 +150,23 @@ def test_batched_targets_equal_one_by_one_with_ensemble(tiny_model, tiny_seggpt_
     assert (batched[0] - batched[1]).abs().max() > 1e-2
 
 
-def test_predictor_ensembles_several_prompts(tiny_seggpt_hf_folder, tiny_seggpt_reference, tiny_seggpt_processor):
+def test_predictor_ensembles_several_prompts(
+    tiny_seggpt_hf_folder, tiny_seggpt_reference, tiny_seggpt_processor
+):
     rng = np.random.default_rng(17)
     images, labels, target, inputs = _normalised_inputs(tiny_seggpt_processor, rng, 3)
     expected = original_ensemble_reference(
-        tiny_seggpt_reference, inputs["pixel_values"][:1], inputs["prompt_pixel_values"], inputs["prompt_masks"]
+        tiny_seggpt_reference,
+        inputs["pixel_values"][:1],
+        inputs["prompt_pixel_values"],
+        inputs["prompt_masks"],
     )
     expected_rgb = torch.clip(
-        (expected.permute(1, 2, 0) * torch.tensor([0.229, 0.224, 0.225]) + torch.tensor([0.485, 0.456, 0.406])) * 255,
+        (
+            expected.permute(1, 2, 0) * torch.tensor([0.229, 0.224, 0.225])
+            + torch.tensor([0.485, 0.456, 0.406])
+        )
+        * 255,
         0,
         255,
     ).numpy()

@@ -15,7 +15,9 @@ from napari_segany.seggpt import SEGGPT_MODELS, get_model_info, load_seggpt
 from napari_segany.seggpt import loader as loader_module
 
 
-def test_folder_and_pth_give_identical_weights(tiny_seggpt_hf_folder, tiny_seggpt_pth, tiny_seggpt_architecture):
+def test_folder_and_pth_give_identical_weights(
+    tiny_seggpt_hf_folder, tiny_seggpt_pth, tiny_seggpt_architecture
+):
     from_folder = load_seggpt(tiny_seggpt_hf_folder, precision="fp32")
     from_pth = load_seggpt(tiny_seggpt_pth, precision="fp32", architecture=tiny_seggpt_architecture)
     assert from_folder.arch == tiny_seggpt_architecture == from_pth.arch
@@ -78,14 +80,19 @@ def test_unknown_source_raises_file_not_found(tmp_path):
         load_seggpt(tmp_path / "nothing_here.pth")
 
 
-@pytest.mark.parametrize(("precision", "dtype"), [("fp32", torch.float32), ("bf16", torch.bfloat16), ("fp16", torch.float16)])
+@pytest.mark.parametrize(
+    ("precision", "dtype"),
+    [("fp32", torch.float32), ("bf16", torch.bfloat16), ("fp16", torch.float16)],
+)
 def test_precision(tiny_seggpt_hf_folder, precision, dtype):
     model = load_seggpt(tiny_seggpt_hf_folder, precision=precision)
     assert model.dtype == dtype
     assert all(p.dtype == dtype for p in model.parameters())
 
 
-def test_registry_name_and_hub_id_go_through_the_hub_download(monkeypatch, tiny_seggpt_hf_folder, tiny_seggpt_pth, tiny_seggpt_architecture):
+def test_registry_name_and_hub_id_go_through_the_hub_download(
+    monkeypatch, tiny_seggpt_hf_folder, tiny_seggpt_pth, tiny_seggpt_architecture
+):
     calls = []
 
     def fake_download(repo_id, filenames=None, *, revision=None, single_file=None):
@@ -95,7 +102,9 @@ def test_registry_name_and_hub_id_go_through_the_hub_download(monkeypatch, tiny_
     monkeypatch.setattr(loader_module, "download_from_hub", fake_download)
     assert isinstance(load_seggpt("seggpt-vit-l", precision="fp32"), SegGpt)
     assert isinstance(load_seggpt("BAAI/seggpt-vit-large", precision="fp32"), SegGpt)
-    load_seggpt("seggpt-vit-l", precision="fp32", original=True, architecture=tiny_seggpt_architecture)
+    load_seggpt(
+        "seggpt-vit-l", precision="fp32", original=True, architecture=tiny_seggpt_architecture
+    )
     assert calls == [
         ("BAAI/seggpt-vit-large", None),
         ("BAAI/seggpt-vit-large", None),

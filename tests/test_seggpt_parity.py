@@ -10,7 +10,9 @@ from napari_segany.image_conversion import to_uint8_rgb
 from napari_segany.seggpt import SegGptPredictor, load_seggpt
 
 
-def reference_labels(reference, processor, image, prompt_image, prompt_labels, num_labels, **kwargs):
+def reference_labels(
+    reference, processor, image, prompt_image, prompt_labels, num_labels, **kwargs
+):
     """transformers' full pipeline: preprocess, forward, post-process to a label map."""
     inputs = processor(
         images=[image],
@@ -64,7 +66,12 @@ def test_painted_mask_close_to_transformers_logits(
     prompt_labels = rng.integers(0, 4, (32, 32))
     image = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
     _, inputs, outputs = reference_labels(
-        tiny_seggpt_reference, tiny_seggpt_processor, image, prompt_image, prompt_labels, 3,
+        tiny_seggpt_reference,
+        tiny_seggpt_processor,
+        image,
+        prompt_image,
+        prompt_labels,
+        3,
         embedding_type=prompt_type,
     )
     model = predictors["folder"].model
@@ -147,8 +154,11 @@ def test_distance_is_distance_to_the_chosen_palette_colour(
     prompt_labels = rng.integers(0, 6, (32, 32))
     image = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
     inputs = tiny_seggpt_processor(
-        images=[image], prompt_images=[prompt_image], prompt_masks=[prompt_labels],
-        num_labels=5, return_tensors="pt",
+        images=[image],
+        prompt_images=[prompt_image],
+        prompt_masks=[prompt_labels],
+        num_labels=5,
+        return_tensors="pt",
     )
     with torch.no_grad():
         outputs = tiny_seggpt_reference(**inputs)

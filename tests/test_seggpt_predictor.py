@@ -44,7 +44,9 @@ def test_palette_matches_transformers():
 
 
 def test_palette_limit_is_stated():
-    assert MAX_LABELS == 4096 and palette_step(MAX_LABELS) == 16 and palette_step(MAX_LABELS + 1) < 16
+    assert (
+        MAX_LABELS == 4096 and palette_step(MAX_LABELS) == 16 and palette_step(MAX_LABELS + 1) < 16
+    )
     with pytest.raises(ValueError, match=f"at most {MAX_LABELS} labels"):
         build_palette(MAX_LABELS + 1)
 

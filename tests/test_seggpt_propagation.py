@@ -263,17 +263,58 @@ def test_real_tiny_seggpt_batches_give_the_same_result_as_one_by_one(tiny_seggpt
     np.testing.assert_array_equal(batched, single)
 
 
-def test_propagation_modules_import_no_gui_and_no_torch():
+def test_propagation_imports_no_gui():
     import subprocess
     import sys
 
-    code = (
-        "import sys, napari_segany.seggpt.slice_planning, importlib.util;"
-        "spec = importlib.util.find_spec('napari_segany.seggpt.propagation');"
-        "print('\\n'.join(sys.modules))"
-    )
-    loaded = set(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split())
-    assert not {"napari", "qtpy", "PyQt5", "magicgui"} & loaded
     code = "import sys, napari_segany.seggpt.propagation; print('\\n'.join(sys.modules))"
-    loaded = set(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split())
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    loaded = set(out.stdout.split())
+    assert "napari_segany.seggpt.slice_planning" in loaded
     assert not {"napari", "qtpy", "PyQt5", "magicgui"} & loaded
+
+
+def test_contrast_limits_drive_the_scaling_of_targets_and_prompts():
+    image = np.full((2, 8, 8), 500, np.uint16)
+    labels = np.zeros((2, 8, 8), np.int32)
+    labels[0, 2:5, 2:5] = 1
+    predictor = CopyLastPrompt()
+    plan = SlicePropagation(
+        image,
+        image,
+        labels,
+        targets=[(1,)],
+        prompts_in_target=True,
+        target_contrast_limits=(0, 1000),
+        prompt_contrast_limits=(500, 1500),
+    )
+    list(plan.run(predictor))
+    assert (predictor.predicted[0] == 128).all()  # 500 in (0, 1000)
+    assert (predictor.prompt_calls[0][0][0] == 0).all()  # 500 in (500, 1500)
+
+
+def test_batch_size_setting_reaches_the_predictor(tiny_seggpt_predictor):
+    image, labels = painted_stack(depth=6, painted=(0,))
+    sizes = []
+    original = tiny_seggpt_predictor.iter_predictions
+
+    def spy(images, **kwargs):
+        sizes.append(kwargs.get("batch_size"))
+        return original(images, **kwargs)
+
+    tiny_seggpt_predictor.iter_predictions = spy
+    segment_stack_with_seggpt(
+        tiny_seggpt_predictor, image, labels, settings=PropagationSettings(batch_size=1)
+    )
+    assert sizes == [1]
+    with pytest.raises(ValueError, match="batch_size"):
+        PropagationSettings(batch_size=0)
+
+
+def test_label_ids_beyond_int32_survive():
+    image, labels = painted_stack(depth=3, painted=(0,), ids=(5, 6))
+    labels = labels.astype(np.int64)
+    labels[labels == 6] = 2**40
+    result = segment_stack_with_seggpt(CopyLastPrompt(), image, labels)
+    assert result.dtype == np.int64
+    assert set(np.unique(result[1])) == {0, 5, 2**40}

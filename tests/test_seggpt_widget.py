@@ -349,3 +349,46 @@ def test_widget_is_in_the_manifest_and_the_segment_menu():
     assert import_python_name(command.python_name) is SegGptWidget
     menu = [item.command for item in manifest.contributions.menus["napari/layers/segment"]]
     assert "napari-segany.seggpt_widget" in menu
+
+
+def test_removing_the_output_layer_mid_run_stops_cleanly(
+    qtbot, viewer_and_widget, notes, monkeypatch
+):
+    viewer, widget = viewer_and_widget
+    install_wrapper(monkeypatch, delay=0.3)
+    image, labels = stack_with_painted_slice(depth=8, painted=0)
+    image_layer = viewer.add_image(image, name="stack")
+    labels_layer = viewer.add_labels(labels, name="painted")
+    choose(widget, target=image_layer, labels=labels_layer)
+    widget.run()
+    qtbot.waitUntil(lambda: widget._run is not None and widget._run.written >= 1, timeout=WAIT_MS)
+    viewer.layers.remove(widget._run.output)
+    qtbot.waitUntil(lambda: not widget.task.is_running, timeout=WAIT_MS)
+    assert any("was removed" in message for message in notes.warnings)
+    assert not notes.errors
+    assert widget._run.written < 7
+
+
+def test_on_the_cpu_slices_go_one_at_a_time(qtbot, viewer_and_widget, notes, monkeypatch):
+    viewer, widget = viewer_and_widget
+    batch_sizes = []
+
+    def spying_predictor(model, *args):
+        predictor = seggpt_predictor(model, *args)
+        original = predictor.iter_predictions
+
+        def spy(images, **kwargs):
+            batch_sizes.append(kwargs.get("batch_size"))
+            return original(images, **kwargs)
+
+        predictor.iter_predictions = spy
+        return predictor
+
+    monkeypatch.setattr(widget_module, "seggpt_predictor", spying_predictor)
+    image, labels = stack_with_painted_slice(depth=4, painted=0)
+    image_layer = viewer.add_image(image, name="stack")
+    labels_layer = viewer.add_labels(labels, name="painted")
+    choose(widget, target=image_layer, labels=labels_layer, output=labels_layer)
+    run_and_wait(qtbot, widget, notes)
+    assert batch_sizes == [1]
+    assert all(labels_layer.data[z].any() for z in range(4))

@@ -124,7 +124,8 @@ class BackgroundTask(QWidget):
     Signals
     -------
     busy_changed(bool)
-        Emitted when a job starts (``True``) and after it finished, failed or was cancelled.
+        Emitted when a job starts (``True``) and when it ended (``False``: returned, failed or
+        cancelled), before that outcome's callback runs, so callbacks may start the next job.
     """
 
     busy_changed = Signal(bool)
@@ -210,11 +211,23 @@ class BackgroundTask(QWidget):
             if on_yielded is not None:
                 on_yielded(value)
 
+        def release() -> None:
+            # Free the task before any callback runs, so a callback may start the next job.
+            if worker is self._worker:
+                self._worker = None
+                self.cancel_button.setEnabled(False)
+                self.progress_bar.setRange(0, 1)
+                self.progress_bar.setValue(0)
+                self.label.setText("")
+                self.busy_changed.emit(False)
+
         def returned(result: Any) -> None:
+            release()
             if on_returned is not None:
                 on_returned(result)
 
         def errored(exc: BaseException) -> None:
+            release()
             logger.error("%s failed", description, exc_info=exc)
             if on_error is not None:
                 on_error(exc)
@@ -222,17 +235,12 @@ class BackgroundTask(QWidget):
                 self._show_error(describe_failure(description, exc))
 
         def aborted() -> None:
+            release()
             if on_aborted is not None:
                 on_aborted()
 
         def finished() -> None:
-            if worker is self._worker:
-                self._worker = None
-                self.cancel_button.setEnabled(False)
-                self.progress_bar.setRange(0, 1)
-                self.progress_bar.setValue(0)
-                self.label.setText("")
-            self.busy_changed.emit(False)
+            release()
             if on_finished is not None:
                 on_finished()
 

@@ -150,14 +150,25 @@ class SamPromptLayers:
             layer = glue.new_labels_layer(image, PREVIEW_NAME, np.zeros(shape, dtype=np.uint8))
             layer.opacity = 0.5
             self.preview = layer
-            active = self.viewer.layers.selection.active
-            self.viewer.add_layer(layer)
-            index = self.viewer.layers.index(layer)
-            if self.points is not None:
-                self.viewer.layers.move(index, min(self.viewer.layers.index(self.points), index))
-            if active is not None:
-                self.viewer.layers.selection.active = active
+            self.add_below_prompts(layer)
         return layer
+
+    def add_below_prompts(self, layer: Any) -> None:
+        """Add ``layer`` to the viewer under the managed layers, keeping the active layer active.
+
+        So clicks keep going to the points layer and the prompts stay visible on top.
+        """
+        active = self.viewer.layers.selection.active
+        self.viewer.add_layer(layer)
+        index = self.viewer.layers.index(layer)
+        managed = [
+            self.viewer.layers.index(m) for m in (self.points, self.shapes, self.preview)
+            if m is not None and m is not layer and m in self.viewer.layers
+        ]
+        if managed and min(managed) < index:
+            self.viewer.layers.move(index, min(managed))
+        if active is not None and active in self.viewer.layers:
+            self.viewer.layers.selection.active = active
 
     def show_preview(self, image: Image, slice_index: tuple[int, ...], masks: Sequence[np.ndarray]) -> None:
         """Replace the preview by ``masks`` (ids 1, 2, ...) on one slice."""

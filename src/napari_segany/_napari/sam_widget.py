@@ -104,7 +104,7 @@ class SamWidget(Container):
             cache=EmbeddingCache(64)
         )
         self.layers = SamPromptLayers(
-            napari_viewer, self.schedule_preview,
+            napari_viewer, self._prompts_changed,
             {"t": self.toggle_point_kind, "n": self.next_candidate, "c": self.commit},
             points_only_keys=("t",),
         )
@@ -154,7 +154,8 @@ class SamWidget(Container):
         layout.addWidget(collapsible("Propagation and cache", self.advanced))
         layout.addWidget(self.task)
 
-        self._timer = QTimer()
+        self._closed = False
+        self._timer = QTimer(self.native)
         self._timer.setSingleShot(True)
         self._timer.setInterval(DEBOUNCE_MS)
         self._timer.timeout.connect(self._update_preview)
@@ -175,7 +176,19 @@ class SamWidget(Container):
         for event in (events.inserted, events.removed, events.changed):
             event.connect(self._layers_changed)
         self.viewer.dims.events.current_step.connect(self.schedule_preview)
+        self.native.destroyed.connect(self._close)
         self._image_changed()
+
+    def _close(self, *_: Any) -> None:
+        """The Qt widget is gone: stop reacting to viewer and layer events."""
+        self._closed = True
+        events = self.viewer.layers.events
+        for event in (events.inserted, events.removed, events.changed):
+            event.disconnect(self._layers_changed)
+        self.viewer.dims.events.current_step.disconnect(self.schedule_preview)
+        for layer in (self.layers.points, self.layers.shapes):
+            if layer is not None:
+                layer.events.data.disconnect(self._prompts_changed)
 
     # -- layer bookkeeping --------------------------------------------------------------------
 
@@ -194,6 +207,8 @@ class SamWidget(Container):
         return [(NEW_LAYER, None), *layers]
 
     def _layers_changed(self, event: Any = None) -> None:
+        if self._closed:
+            return
         self.layers.forget_removed()
         self.image_box.reset_choices()
         self.output_box.reset_choices()
@@ -258,8 +273,14 @@ class SamWidget(Container):
         ) if self.session.has_model else EmbeddingKey(str(image.unique_id), slice_index, "", "")
         return SliceContext(image, slice_index, key, prompts, self._version)
 
+    def _prompts_changed(self, *_: Any) -> None:
+        self._cancelled_key = None  # a cancelled embedding is retried after a prompt change
+        self.schedule_preview()
+
     def schedule_preview(self, *_: Any) -> None:
         """Note a prompt/slice change; the preview updates after a short debounce."""
+        if self._closed:
+            return
         self._version += 1
         self._timer.start()
 
@@ -425,7 +446,7 @@ class SamWidget(Container):
         layer = self.output_box.value
         if layer is None:
             layer = glue.new_labels_layer(image, "SAM labels")
-            self.viewer.add_layer(layer)
+            self.layers.add_below_prompts(layer)
             self.output_box.reset_choices()
             self.output_box.value = layer
         glue.check_labels_fit(layer, image)
@@ -558,7 +579,7 @@ class SamWidget(Container):
 
         def add_layer(labels: np.ndarray) -> None:
             layer = glue.new_labels_layer(image, f"SAM everything ({image.name})", labels)
-            self.viewer.add_layer(layer)
+            self.layers.add_below_prompts(layer)
             self.status.value = f"segment everything: {int(labels.max())} objects"
 
         self.task.start(

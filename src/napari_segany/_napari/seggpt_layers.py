@@ -25,6 +25,7 @@ from napari_segany.seggpt.propagation import (
     SliceKey,
     SlicePropagation,
     StackLayout,
+    label_dtype,
     labelled_slices,
     merge_labels,
     select_slices,
@@ -65,11 +66,27 @@ def current_slice_key(layer: Image | Labels, world_point: Sequence[float]) -> Sl
     )
 
 
-def new_output_layer(target: Image, name: str = OUTPUT_NAME) -> Labels:
-    """An empty int32 labels layer with ``target``'s full shape and world placement."""
+def new_output_layer(
+    target: Image,
+    name: str = OUTPUT_NAME,
+    initial_labels: Any | None = None,
+    *,
+    prompt_labels: Any | None = None,
+) -> Labels:
+    """An int32 labels layer with ``target``'s full shape and world placement.
+
+    It starts empty, or as a copy of ``initial_labels`` when they have that shape (the labels
+    painted on the target, so that the result is the complete stack). It is int64 when the ids
+    of ``prompt_labels`` (or ``initial_labels``) do not fit int32.
+    """
     layout = image_layout(target)
+    ids = prompt_labels if prompt_labels is not None else initial_labels
+    dtype = label_dtype(np.asarray(ids)) if ids is not None else np.int32
+    data = np.zeros(layout.label_shape, dtype=dtype)
+    if initial_labels is not None and tuple(np.shape(initial_labels)) == layout.label_shape:
+        data[...] = np.asarray(initial_labels)
     return Labels(
-        np.zeros(layout.label_shape, dtype=np.int32),
+        data,
         name=name,
         scale=target.scale,
         translate=target.translate,
@@ -272,7 +289,8 @@ def segment_layers_with_seggpt(
         At most this many prompts per target (SegGPT's feature ensemble).
     output_layer
         Labels layer to write into (e.g. ``prompt_labels_layer`` itself: painted slices are kept).
-        Default: a new int32 labels layer with the target's shape, scale and translation.
+        Default: a new int32 labels layer with the target's shape, scale and translation, holding
+        the painted labels (when they were painted on the target) and the predictions.
     model, device, precision
         A loaded model / predictor, or a source to load (see :func:`seggpt_predictor`).
     uncertainty_threshold
@@ -307,7 +325,12 @@ def segment_layers_with_seggpt(
         settings=settings,
     )
     predictor = seggpt_predictor(model, device, precision)
-    output = output_layer if output_layer is not None else new_output_layer(target_image_layer)
+    output = output_layer
+    if output is None:
+        painted = prompt_labels_layer.data if plan.prompts_in_target else None
+        output = new_output_layer(
+            target_image_layer, initial_labels=painted, prompt_labels=prompt_labels_layer.data
+        )
     for key, labels in plan.run(predictor):
         write_slice(output, key, labels, overwrite=overwrite, undoable=output_layer is not None)
     return output

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Generator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -354,6 +354,11 @@ class SegGptWidget(Container):
         if self._predictor is None or self._predictor[0] is not model:
             self._predictor = (model, seggpt_predictor(model))
         self._run = run
+        if plan.settings.batch_size is None and getattr(model, "device", None) is not None:
+            if getattr(model.device, "type", None) == "cpu":
+                # A CPU gains little from batches: one slice at a time shows each slice as soon
+                # as it is done and lets Cancel act within one slice.
+                plan.settings = replace(plan.settings, batch_size=1)
         self.task.start(
             segment_job,
             plan,
@@ -380,9 +385,13 @@ class SegGptWidget(Container):
         run.keys.append(progress.key)
 
     def _new_output(self, run: _Run) -> Labels:
-        layer = new_output_layer(run.target, name=f"{run.target.name} SegGPT")
-        if run.start_from_prompt_labels and run.prompt_labels.data.shape == layer.data.shape:
-            layer.data[...] = np.asarray(run.prompt_labels.data)  # the painted slices, as painted
+        painted = run.prompt_labels.data if run.start_from_prompt_labels else None
+        layer = new_output_layer(
+            run.target,
+            f"{run.target.name} SegGPT",
+            initial_labels=painted,
+            prompt_labels=run.prompt_labels.data,
+        )
         return self.viewer.add_layer(layer)
 
     def _finished(self, done: int) -> None:

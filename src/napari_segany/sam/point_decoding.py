@@ -29,11 +29,13 @@ class PointPromptDecoder:
 
     def __init__(self, model: Any) -> None:
         self.predictor = _as_predictor(model)
+        self.replaced_embedding = False
 
     # -- embedding ------------------------------------------------------------------------------
     def set_image(self, rgb: np.ndarray) -> None:
         """Compute the embedding of an (H, W, 3) uint8 RGB image."""
         self.predictor.set_image(rgb)
+        self.replaced_embedding = True
 
     def has_embedding_for(self, shape: tuple[int, int]) -> bool:
         """Whether the predictor holds an embedding of an image of this (H, W) size."""
@@ -44,13 +46,14 @@ class PointPromptDecoder:
     def save_embedding(self) -> Any:
         """The predictor's embedding state, or None when it has none or cannot export it."""
         getter = getattr(self.predictor, "get_embedding_state", None)
+        self.replaced_embedding = False
         if getter is None or not getattr(self.predictor, "is_image_set", False):
             return None
         return getter()
 
     def restore_embedding(self, state: Any) -> None:
-        """Put back a state from :meth:`save_embedding` (no-op for None)."""
-        if state is not None:
+        """Put back a state from :meth:`save_embedding` if :meth:`set_image` replaced it."""
+        if state is not None and self.replaced_embedding:
             self.predictor.set_embedding_state(state)
 
     # -- decoding -------------------------------------------------------------------------------

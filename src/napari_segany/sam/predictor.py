@@ -141,9 +141,9 @@ class SamPredictor:
             resized = transforms.resize_square_bicubic(rgb, size)
         else:
             resized = transforms.resize_longest_side(rgb, size)
-        pixels = (
-            torch.from_numpy(np.ascontiguousarray(resized)).to(self.device).permute(2, 0, 1)[None]
-        )
+        if not resized.flags.writeable:  # PIL hands out read-only arrays
+            resized = resized.copy()
+        pixels = torch.from_numpy(np.ascontiguousarray(resized)).to(self.device).permute(2, 0, 1)[None]
         self.set_torch_image(pixels, rgb.shape[:2])
 
     @torch.inference_mode()

@@ -137,7 +137,7 @@ class SamVariant:
     license
         SPDX identifier of the weights' license.
     parameters_millions, download_megabytes
-        Approximate size, for users choosing a model.
+        Size (parameters; approximate float32 download), for users choosing a model.
     description
         One line for menus and docs.
     """
@@ -189,7 +189,7 @@ SAM_MODELS: dict[str, SamVariant] = {
             architecture=VIT_B,
             hub_repo="facebook/sam-vit-base",
             **_original("sam_vit_b_01ec64.pth"),
-            parameters_millions=94,
+            parameters_millions=93.7,
             download_megabytes=375,
             description="Segment Anything ViT-B: fastest original SAM",
         ),
@@ -198,7 +198,7 @@ SAM_MODELS: dict[str, SamVariant] = {
             architecture=VIT_L,
             hub_repo="facebook/sam-vit-large",
             **_original("sam_vit_l_0b3195.pth"),
-            parameters_millions=312,
+            parameters_millions=312.3,
             download_megabytes=1250,
             description="Segment Anything ViT-L",
         ),
@@ -207,7 +207,7 @@ SAM_MODELS: dict[str, SamVariant] = {
             architecture=VIT_H,
             hub_repo="facebook/sam-vit-huge",
             **_original("sam_vit_h_4b8939.pth"),
-            parameters_millions=641,
+            parameters_millions=641.1,
             download_megabytes=2560,
             description="Segment Anything ViT-H: most accurate original SAM",
         ),
@@ -215,16 +215,16 @@ SAM_MODELS: dict[str, SamVariant] = {
             name="slimsam-50",
             architecture=SLIMSAM_50,
             hub_repo="nielsr/slimsam-50-uniform",
-            parameters_millions=28,
-            download_megabytes=113,
+            parameters_millions=28.0,
+            download_megabytes=112,
             description="SlimSAM, 50% pruned ViT-B: light, for CPUs",
         ),
         SamVariant(
             name="slimsam-77",
             architecture=SLIMSAM_77,
             hub_repo="nielsr/slimsam-77-uniform",
-            parameters_millions=9.5,
-            download_megabytes=38,
+            parameters_millions=9.7,
+            download_megabytes=39,
             description="SlimSAM, 77% pruned ViT-B: lightest",
         ),
         SamVariant(
@@ -232,7 +232,7 @@ SAM_MODELS: dict[str, SamVariant] = {
             architecture=VIT_B,
             hub_repo="wanglab/medsam-vit-base",
             preprocessing=MEDSAM_PREPROCESSING,
-            parameters_millions=94,
+            parameters_millions=93.7,
             download_megabytes=375,
             description="MedSAM: SAM ViT-B fine-tuned on medical images (use box prompts)",
         ),

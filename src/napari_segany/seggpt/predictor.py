@@ -125,7 +125,7 @@ class SegGptPredictor:
         rgb_images = [to_uint8_rgb(image, lim) for image, lim in zip(images, limits, strict=True)]
         masks = [
             _check_label_map(lab, img.shape[:2], i)
-            for i, (lab, img) in enumerate(zip(labels, rgb_images))
+            for i, (lab, img) in enumerate(zip(labels, rgb_images, strict=True))
         ]
         colour = [m.ndim == 3 for m in masks]
         if any(colour) and not all(colour):

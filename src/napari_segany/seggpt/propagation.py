@@ -40,6 +40,7 @@ __all__ = [
     "StackLayout",
     "choose_prompts",
     "compact_labels",
+    "label_dtype",
     "labelled_slices",
     "merge_labels",
     "segment_stack_with_seggpt",
@@ -77,6 +78,10 @@ class PropagationSettings:
     overwrite_existing
         When merging into existing labels: replace labelled pixels too (``True``), or fill only
         unlabelled pixels (``False``, the default).
+    batch_size
+        Targets that share their prompts go through the model this many at a time (``None``: the
+        predictor's choice, which fits the device's memory). ``1`` yields every slice as soon as
+        it is done and lets a cancel take effect sooner.
     """
 
     max_prompts: int = 4
@@ -84,8 +89,11 @@ class PropagationSettings:
     time_axis: int = 0
     uncertainty_threshold: float | None = None
     overwrite_existing: bool = False
+    batch_size: int | None = None
 
     def __post_init__(self) -> None:
+        if self.batch_size is not None and self.batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
         if self.max_prompts < 1:
             raise ValueError(f"max_prompts must be at least 1, got {self.max_prompts}")
         if self.uncertainty_threshold is not None and self.uncertainty_threshold < 0:
@@ -227,7 +235,8 @@ class SlicePropagation:
         Yields
         ------
         tuple
-            The slice key and its (H, W) int32 label map, in the prompts' label ids (0 =
+            The slice key and its (H, W) label map (int32, int64 for ids beyond int32), in the
+            prompts' label ids (0 =
             unlabelled). Prompt label ids are renumbered 1..K for the model and mapped back.
         """
         settings = self.settings
@@ -271,7 +280,9 @@ class SlicePropagation:
             images = _TargetSlices(
                 self.target, [key for key, _ in group], self.target_contrast_limits
             )
-            predictions = predict_many(predictor, images, label_ids, settings.uncertainty_threshold)
+            predictions = predict_many(
+                predictor, images, label_ids, settings.uncertainty_threshold, settings.batch_size
+            )
             for index, ((key, _), labels) in enumerate(zip(group, predictions, strict=True)):
                 if self.video:
                     previous[key] = (images[index], labels)
@@ -353,6 +364,14 @@ def prompt_keys_with_labels(
     return keys
 
 
+def label_dtype(labels: np.ndarray) -> np.dtype:
+    """int32 for labels that fit it (napari's usual), else int64."""
+    labels = np.asarray(labels)
+    if labels.size == 0 or int(labels.max()) <= np.iinfo(np.int32).max:
+        return np.dtype(np.int32)
+    return np.dtype(np.int64)
+
+
 def compact_labels(labels: np.ndarray, label_ids: np.ndarray) -> np.ndarray:
     """Renumber labels to ``1..len(label_ids)`` (0 stays 0) so the palette needs few colours.
 
@@ -370,18 +389,20 @@ def predict_many(
     images: Sequence[np.ndarray],
     label_ids: np.ndarray,
     uncertainty_threshold: float | None,
+    batch_size: int | None = None,
 ) -> Iterator[np.ndarray]:
     """Predict (H, W) label maps for ``images``, in batches when the predictor can.
 
     Compact labels ``1..K`` are mapped back to ``label_ids``; pixels farther than
     ``uncertainty_threshold`` from their palette colour become 0.
     """
-    lookup = np.concatenate([[0], label_ids]).astype(np.int32)
+    lookup = np.concatenate([[0], label_ids]).astype(label_dtype(label_ids))
     confidence = uncertainty_threshold is not None
     if hasattr(predictor, "iter_predictions"):
-        results = (
-            tuple(r[1:]) for r in predictor.iter_predictions(images, return_confidence=confidence)
+        batches = predictor.iter_predictions(
+            images, batch_size=batch_size, return_confidence=confidence
         )
+        results = (tuple(r[1:]) for r in batches)
     else:
         results = (
             predictor.predict(image, return_confidence=True)
@@ -448,9 +469,9 @@ def segment_stack_with_seggpt(
         )
     if output is None:
         output = (
-            np.array(prompt_labels, dtype=np.int32)
+            np.array(prompt_labels, dtype=label_dtype(np.asarray(prompt_labels)))
             if in_target
-            else np.zeros(layout.label_shape, np.int32)
+            else np.zeros(layout.label_shape, label_dtype(np.asarray(prompt_labels)))
         )
     else:
         output = np.array(output, copy=True)

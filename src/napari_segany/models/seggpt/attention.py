@@ -6,7 +6,28 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..relative_position import decomposed_rel_pos_terms
+
+def linear_inplace_bias(inputs: torch.Tensor, layer: nn.Linear) -> torch.Tensor:
+    """``layer(inputs)`` as a plain matrix product plus an in-place bias add.
+
+    On CPUs, ``addmm`` first copies the broadcast bias into the output; a bias-free product
+    followed by an in-place add is measurably faster for the large token counts of SegGPT.
+    """
+    out = F.linear(inputs, layer.weight)
+    if layer.bias is not None:
+        out += layer.bias
+    return out
+
+
+def resized_rel_pos_table(rel_pos: torch.Tensor, size: int) -> torch.Tensor:
+    """(L, C) relative position table linearly resized to (2 * size - 1, C) when L differs."""
+    length = 2 * size - 1
+    if rel_pos.shape[0] == length:
+        return rel_pos
+    resized = F.interpolate(
+        rel_pos.float().T[None], size=length, mode="linear", align_corners=False
+    )
+    return resized[0].T.to(rel_pos.dtype)
 
 
 class SegGptAttention(nn.Module):
@@ -15,6 +36,12 @@ class SegGptAttention(nn.Module):
     The released model was configured with windowed attention in most blocks, but a bug in the
     original configuration (``i in window_block_indexes`` on a tuple of lists) made every block
     global, and the weights were trained that way; transformers' port does the same.
+
+    The decomposed relative position bias (MViTv2; see ``models/relative_position.py`` for the
+    general form) is ``q . R_h[row_q - row_k] + q . R_w[col_q - col_k]``. Here queries and keys
+    share one grid, so each factor is one small matrix product of the queries with the table and
+    a gather. The keys are ordered column-major, which makes the broadcast sum of the two factors
+    run over the longer (row) axis; attention does not depend on the order of the keys.
 
     Parameter names follow transformers' ``SegGptAttention``.
     """
@@ -56,30 +83,48 @@ class SegGptAttention(nn.Module):
         """
         batch, rows, cols, channels = hidden.shape
         heads, dim = self.num_heads, self.head_dim
-        qkv = self.qkv(hidden).reshape(batch, rows * cols, 3, heads, dim).permute(2, 0, 3, 1, 4)
-        query, key, value = qkv.unbind(0)  # each (B, heads, rows * cols, dim)
-        q_rows = rows
+        qkv = linear_inplace_bias(hidden, self.qkv).reshape(batch, rows, cols, 3, heads, dim)
+        query = qkv[:, :, :, 0].permute(0, 3, 1, 2, 4)  # (B, heads, rows, cols, dim)
+        if query_rows is not None:
+            query = query[:, :, query_rows]
+        first_row = 0 if query_rows is None else range(rows)[query_rows][0]
+        q_rows = query.shape[2]
+        # Keys and values column-major: key index = col * rows + row.
+        key = qkv[:, :, :, 1].permute(0, 3, 2, 1, 4).reshape(batch, heads, cols * rows, dim)
+        value = qkv[:, :, :, 2].permute(0, 3, 2, 1, 4).reshape(batch, heads, cols * rows, dim)
         bias = None
         if self.use_relative_position:
-            rel_h, rel_w = decomposed_rel_pos_terms(
-                query.reshape(batch * heads, rows * cols, dim),
-                self.rel_pos_h,
-                self.rel_pos_w,
-                (rows, cols),
-                (rows, cols),
-            )
-        if query_rows is not None:
-            query = query.reshape(batch, heads, rows, cols, dim)[:, :, query_rows]
-            q_rows = query.shape[2]
-            query = query.reshape(batch, heads, q_rows * cols, dim)
-            if self.use_relative_position:
-                rel_h = rel_h.reshape(batch * heads, rows, cols, -1)[:, query_rows]
-                rel_w = rel_w.reshape(batch * heads, rows, cols, -1)[:, query_rows]
-        if self.use_relative_position:
-            n_q = q_rows * cols
-            rel_h = rel_h.reshape(batch, heads, n_q, rows, 1)
-            rel_w = rel_w.reshape(batch, heads, n_q, 1, cols)
-            bias = (rel_h + rel_w).reshape(batch, heads, n_q, rows * cols)
+            bias = self._relative_bias(query, rows, cols, first_row)
+        query = query.reshape(batch, heads, q_rows * cols, dim)
         out = F.scaled_dot_product_attention(query, key, value, attn_mask=bias)
         out = out.transpose(1, 2).reshape(batch, q_rows, cols, channels)
-        return self.proj(out)
+        return linear_inplace_bias(out, self.proj)
+
+    def _relative_bias(
+        self, query: torch.Tensor, rows: int, cols: int, first_row: int
+    ) -> torch.Tensor:
+        """(B, heads, q_rows * cols, cols * rows) bias for column-major keys.
+
+        ``query`` is (B, heads, q_rows, cols, dim), its rows starting at grid row ``first_row``.
+        """
+        batch, heads, q_rows, _, _ = query.shape
+        device = query.device
+        table_h = resized_rel_pos_table(self.rel_pos_h, rows).to(query.dtype)
+        table_w = resized_rel_pos_table(self.rel_pos_w, cols).to(query.dtype)
+        # Projections of every query on every relative offset, then pick offset q - k.
+        offsets_h = torch.arange(first_row, first_row + q_rows, device=device)[:, None]
+        offsets_h = offsets_h - torch.arange(rows, device=device)[None, :] + (rows - 1)
+        offsets_w = torch.arange(cols, device=device)[:, None]
+        offsets_w = offsets_w - torch.arange(cols, device=device)[None, :] + (cols - 1)
+        rel_h = torch.gather(
+            query @ table_h.T,
+            4,
+            offsets_h[None, None, :, None, :].expand(batch, heads, q_rows, cols, rows),
+        )  # (B, heads, q_rows, cols, key rows)
+        rel_w = torch.gather(
+            query @ table_w.T,
+            4,
+            offsets_w[None, None, None, :, :].expand(batch, heads, q_rows, cols, cols),
+        )  # (B, heads, q_rows, cols, key cols)
+        bias = rel_h[:, :, :, :, None, :] + rel_w[:, :, :, :, :, None]
+        return bias.reshape(batch, heads, q_rows * cols, cols * rows)

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .attention import SegGptAttention
+from .attention import SegGptAttention, linear_inplace_bias
 from .config import SegGptArchitecture
 
 
@@ -34,7 +34,7 @@ class SegGptMlp(nn.Module):
         self.lin2 = nn.Linear(mlp_dim, hidden_size)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.lin2(F.gelu(self.lin1(hidden)))
+        return linear_inplace_bias(F.gelu(linear_inplace_bias(hidden, self.lin1)), self.lin2)
 
 
 def average_target_rows(update: torch.Tensor, group: int, first_target_row: int) -> torch.Tensor:
