@@ -44,7 +44,9 @@ def tiny_random_model(folder: Path) -> Path:
 
 def main(argv: list[str] | None = None) -> Path:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model", help="SAM source (registry name, folder, .pth); default: tiny random weights")
+    parser.add_argument(
+        "--model", help="SAM source (registry name, folder, .pth); default: tiny random weights"
+    )
     parser.add_argument("--device", default="auto")
     parser.add_argument("--precision", default="auto")
     parser.add_argument("--out", default=str(ROOT / "docs" / "sam_widget.png"))
@@ -114,7 +116,9 @@ def _screenshot(args: argparse.Namespace) -> Path:
         widget.commit()
         _wait(app, lambda: widget.is_idle)
         # second object: a box, a positive and a negative point; left as a preview
-        corners = np.array([[SLICE, 60, 45], [SLICE, 60, 85], [SLICE, 100, 85], [SLICE, 100, 45]], float)
+        corners = np.array(
+            [[SLICE, 60, 45], [SLICE, 60, 85], [SLICE, 100, 85], [SLICE, 100, 45]], float
+        )
         widget.shapes_layer.add_rectangles(
             np.array([widget.shapes_layer.world_to_data(image.data_to_world(c)) for c in corners])
         )

@@ -32,7 +32,9 @@ def test_pixel_centre_scales_to_the_centre_of_the_resized_pixel():
 
 def test_box_from_rectangle_around_whole_pixels_is_their_edges():
     r0, r1, c0, c1 = 3, 7, 10, 20
-    corners = np.array([[r0 - 0.5, c0 - 0.5], [r0 - 0.5, c1 + 0.5], [r1 + 0.5, c1 + 0.5], [r1 + 0.5, c0 - 0.5]])
+    corners = np.array(
+        [[r0 - 0.5, c0 - 0.5], [r0 - 0.5, c1 + 0.5], [r1 + 0.5, c1 + 0.5], [r1 + 0.5, c0 - 0.5]]
+    )
     np.testing.assert_allclose(corners_to_sam_box(corners), [c0, r0, c1 + 1, r1 + 1])
     # vertex order does not matter
     np.testing.assert_allclose(corners_to_sam_box(corners[::-1]), [c0, r0, c1 + 1, r1 + 1])

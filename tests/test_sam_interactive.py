@@ -46,8 +46,14 @@ class FakePredictor:
     def set_embedding_state(self, state):
         self.state = state
 
-    def predict(self, point_coords=None, point_labels=None, box=None, mask_input=None, multimask_output=True):
-        self.predict_calls.append(dict(point_coords=point_coords, point_labels=point_labels, box=box, mask_input=mask_input))
+    def predict(
+        self, point_coords=None, point_labels=None, box=None, mask_input=None, multimask_output=True
+    ):
+        self.predict_calls.append(
+            dict(
+                point_coords=point_coords, point_labels=point_labels, box=box, mask_input=mask_input
+            )
+        )
         h, w = self.state.original_size
         disk = np.zeros((h, w), bool)
         if point_coords is not None:
@@ -193,7 +199,9 @@ def test_real_tiny_model_session_and_disk_cache(tiny_sam_model, tmp_path):
     key = session.embedding_key("img", (), (50.0, 150.0))
     drain(session.compute_embedding(key, image))
     assert session.activate(key)
-    session.set_prompts(SamPrompts(np.array([[20.0, 30.0]]), np.array([1]), [np.array([[5.0, 5.0], [40.0, 60.0]])]))
+    session.set_prompts(
+        SamPrompts(np.array([[20.0, 30.0]]), np.array([1]), [np.array([[5.0, 5.0], [40.0, 60.0]])])
+    )
     (prediction,) = session.predict()
     assert prediction.masks.shape == (3, 48, 64) and prediction.masks.dtype == bool
     assert prediction.scores.shape == (3,) and prediction.low_res_logits.shape[-1] == 32
@@ -206,9 +214,13 @@ def test_real_tiny_model_session_and_disk_cache(tiny_sam_model, tmp_path):
     state = fresh.embed_now(fresh.embedding_key("other-layer-id", (), (50.0, 150.0)), image)
     assert isinstance(state, SamEmbedding)
     torch.testing.assert_close(state.features, session.cache.get(key).features)
-    assert image_fingerprint(np.zeros((2, 2, 3), np.uint8)) != image_fingerprint(np.zeros((2, 3, 3), np.uint8))
+    assert image_fingerprint(np.zeros((2, 2, 3), np.uint8)) != image_fingerprint(
+        np.zeros((2, 3, 3), np.uint8)
+    )
     # refining with the mask prompt at the tiny model's 32×32 low-resolution size
-    session.set_prompts(SamPrompts(np.array([[20.0, 30.0]]), np.array([1]), mask=prediction.masks[0]))
+    session.set_prompts(
+        SamPrompts(np.array([[20.0, 30.0]]), np.array([1]), mask=prediction.masks[0])
+    )
     assert len(session.predict()) == 1
 
 

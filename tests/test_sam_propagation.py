@@ -38,7 +38,9 @@ class BlobSegmenter:
             low, high = np.min(prompts.boxes_corners[0], 0), np.max(prompts.boxes_corners[0], 0)
             rr, cc = np.indices(mask.shape)
             # objects grow: allow a few pixels outside the box, like SAM does
-            mask &= (rr >= low[0] - 4) & (rr <= high[0] + 4) & (cc >= low[1] - 4) & (cc <= high[1] + 4)
+            mask &= (
+                (rr >= low[0] - 4) & (rr <= high[0] + 4) & (cc >= low[1] - 4) & (cc <= high[1] + 4)
+            )
         masks = np.stack([mask, np.zeros_like(mask), ndimage.binary_dilation(mask)])
         return ObjectPrediction(masks, np.array([0.95, 0.1, 0.6]), np.zeros((3, 8, 8)))
 
@@ -76,7 +78,9 @@ def test_forward_only_and_max_steps():
     stack = blob_stack()
     start = (stack[6] > 0.5) & ~np.pad(np.ones((6, 6), bool), ((32, 2), (32, 2)))
     _, result = drain(
-        propagate_through_stack(BlobSegmenter(stack), len(stack), 6, start, direction="forward", max_steps=2)
+        propagate_through_stack(
+            BlobSegmenter(stack), len(stack), 6, start, direction="forward", max_steps=2
+        )
     )
     assert sorted(result.masks) == [7, 8]
     assert result.stop_reasons == {"forward": "reached the end of the stack"}

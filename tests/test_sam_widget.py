@@ -53,11 +53,15 @@ def add_point(widget, image, data_point):
     widget.points_layer.add(np.asarray(widget.points_layer.world_to_data(world)))
 
 
-def test_points_on_2d_image_commit_keeps_earlier_label(make_napari_viewer, qtbot, tiny_sam_hf_folder):
+def test_points_on_2d_image_commit_keeps_earlier_label(
+    make_napari_viewer, qtbot, tiny_sam_hf_folder
+):
     viewer = make_napari_viewer()
     data = np.random.default_rng(0).normal(1000, 200, (48, 64)).astype(np.float32)
     image = viewer.add_image(data, scale=SCALE[1:], translate=TRANSLATE[1:], name="cells")
-    labels = viewer.add_labels(np.zeros((48, 64), np.int32), scale=SCALE[1:], translate=TRANSLATE[1:])
+    labels = viewer.add_labels(
+        np.zeros((48, 64), np.int32), scale=SCALE[1:], translate=TRANSLATE[1:]
+    )
     labels.data[0:3, 0:3] = 4
     widget = open_widget(viewer, tiny_sam_hf_folder)
     widget.output_box.value = labels
@@ -80,7 +84,9 @@ def test_points_on_2d_image_commit_keeps_earlier_label(make_napari_viewer, qtbot
     assert (labels.data == 5).any()
 
 
-def test_several_boxes_make_several_objects_in_a_new_layer(make_napari_viewer, qtbot, tiny_sam_hf_folder):
+def test_several_boxes_make_several_objects_in_a_new_layer(
+    make_napari_viewer, qtbot, tiny_sam_hf_folder
+):
     viewer = make_napari_viewer()
     data = np.random.default_rng(1).integers(0, 255, (40, 56, 3)).astype(np.uint8)
     image = viewer.add_image(data, rgb=True, scale=(2.0, 2.0), translate=(5.0, 5.0))
@@ -105,7 +111,9 @@ def test_several_boxes_make_several_objects_in_a_new_layer(make_napari_viewer, q
 def make_stack(viewer, shape=(5, 40, 48)):
     data = np.random.default_rng(2).integers(0, 4000, shape).astype(np.uint16)
     image = viewer.add_image(data, scale=SCALE, translate=TRANSLATE, name="stack")
-    labels = viewer.add_labels(np.zeros(shape, np.int32), scale=SCALE, translate=TRANSLATE, name="out")
+    labels = viewer.add_labels(
+        np.zeros(shape, np.int32), scale=SCALE, translate=TRANSLATE, name="out"
+    )
     labels.data[0, 0:2, 0:2] = 1
     return image, labels
 
@@ -199,7 +207,9 @@ def test_cancel_leaves_layers_unchanged(make_napari_viewer, qtbot, tiny_sam_hf_f
     slow_down_embeddings(widget, 0.5, [])
     show_slice(viewer, image, 1)
     add_point(widget, image, (1, 20, 20))
-    qtbot.waitUntil(lambda: widget.task.is_running and "embedding" in widget.task.description, timeout=WAIT_MS)
+    qtbot.waitUntil(
+        lambda: widget.task.is_running and "embedding" in widget.task.description, timeout=WAIT_MS
+    )
     widget.task.cancel_button.click()
     qtbot.waitUntil(lambda: widget.is_idle, timeout=WAIT_MS)
     assert widget._shown is None and not widget.preview_layer.data.any()
@@ -218,7 +228,9 @@ def test_cancel_leaves_layers_unchanged(make_napari_viewer, qtbot, tiny_sam_hf_f
     assert len(viewer.layers) == n_layers
 
 
-def test_bad_model_path_notifies_and_changes_nothing(make_napari_viewer, qtbot, notifications, tmp_path):
+def test_bad_model_path_notifies_and_changes_nothing(
+    make_napari_viewer, qtbot, notifications, tmp_path
+):
     viewer = make_napari_viewer()
     image, labels = make_stack(viewer)
     before = labels.data.copy()
@@ -242,7 +254,9 @@ def test_bad_model_path_notifies_and_changes_nothing(make_napari_viewer, qtbot, 
     assert "no image layer" in errors(notifications)[-1]
 
 
-def test_prompt_outside_image_is_reported(make_napari_viewer, qtbot, notifications, tiny_sam_hf_folder):
+def test_prompt_outside_image_is_reported(
+    make_napari_viewer, qtbot, notifications, tiny_sam_hf_folder
+):
     viewer = make_napari_viewer()
     image = viewer.add_image(np.zeros((30, 30), np.uint8))
     widget = open_widget(viewer, tiny_sam_hf_folder)
@@ -252,7 +266,9 @@ def test_prompt_outside_image_is_reported(make_napari_viewer, qtbot, notificatio
     assert image.data.sum() == 0 and widget.preview_layer is None
 
 
-def test_segment_everything_whole_stack_writes_a_new_layer(make_napari_viewer, qtbot, tiny_sam_hf_folder):
+def test_segment_everything_whole_stack_writes_a_new_layer(
+    make_napari_viewer, qtbot, tiny_sam_hf_folder
+):
     viewer = make_napari_viewer()
     image, labels = make_stack(viewer, shape=(2, 32, 32))
     before = labels.data.copy()
@@ -262,10 +278,12 @@ def test_segment_everything_whole_stack_writes_a_new_layer(make_napari_viewer, q
     widget.everything.pred_iou_thresh.value = 0.0
     widget.everything.stability_score_thresh.value = 0.0
     widget.segment_everything()  # loads the model first, then runs
-    qtbot.waitUntil(lambda: widget.is_idle and "segment everything" in widget.status.value, timeout=WAIT_MS)
+    qtbot.waitUntil(
+        lambda: widget.is_idle and "segment everything" in widget.status.value, timeout=WAIT_MS
+    )
     (result,) = [layer for layer in viewer.layers if layer.name.startswith("SAM everything")]
     assert result.data.shape == (2, 32, 32) and result.data.dtype == np.int32
-    np.testing.assert_allclose(result.scale, SCALE[: 3])
+    np.testing.assert_allclose(result.scale, SCALE[:3])
     np.testing.assert_allclose(result.translate, TRANSLATE)
     ids0 = set(np.unique(result.data[0])) - {0}
     ids1 = set(np.unique(result.data[1])) - {0}
@@ -285,7 +303,9 @@ def test_manifest_names_the_widget_and_the_segment_menu():
     assert widget.command in [item.command for item in menu]
 
 
-def test_refine_label_uses_it_as_mask_prompt_and_replaces_it(make_napari_viewer, qtbot, tiny_sam_hf_folder):
+def test_refine_label_uses_it_as_mask_prompt_and_replaces_it(
+    make_napari_viewer, qtbot, tiny_sam_hf_folder
+):
     viewer = make_napari_viewer()
     image = viewer.add_image(np.random.default_rng(3).integers(0, 255, (40, 40)).astype(np.uint8))
     labels = viewer.add_labels(np.zeros((40, 40), np.int32))
@@ -304,7 +324,9 @@ def test_refine_label_uses_it_as_mask_prompt_and_replaces_it(make_napari_viewer,
     assert widget.refine_label.value == 0 and labels.data.max() == 6
 
 
-def test_precompute_stack_then_prompts_need_no_encoder(make_napari_viewer, qtbot, tiny_sam_hf_folder):
+def test_precompute_stack_then_prompts_need_no_encoder(
+    make_napari_viewer, qtbot, tiny_sam_hf_folder
+):
     viewer = make_napari_viewer()
     image, _ = make_stack(viewer, shape=(3, 32, 32))
     widget = open_widget(viewer, tiny_sam_hf_folder)
@@ -331,8 +353,13 @@ def test_background_task_progress_errors_and_cancel(qtbot):
             yield i + 1, n
         return "done"
 
-    task.start(counting, 4, description="Counting", on_yielded=seen["yielded"].append,
-               on_returned=seen["returned"].append)
+    task.start(
+        counting,
+        4,
+        description="Counting",
+        on_yielded=seen["yielded"].append,
+        on_returned=seen["returned"].append,
+    )
     with pytest.raises(RuntimeError, match="still running"):
         task.start(counting, 1, description="again")
     qtbot.waitUntil(lambda: not task.is_running, timeout=5000)
@@ -354,8 +381,45 @@ def test_background_task_progress_errors_and_cancel(qtbot):
             time.sleep(0.01)
             yield 0, 0
 
-    task.start(endless, description="Endless", on_returned=seen["returned"].append,
-               on_aborted=lambda: seen.__setitem__("aborted", 1))
+    task.start(
+        endless,
+        description="Endless",
+        on_returned=seen["returned"].append,
+        on_aborted=lambda: seen.__setitem__("aborted", 1),
+    )
     task.cancel()
     qtbot.waitUntil(lambda: not task.is_running, timeout=5000)
     assert seen["aborted"] == 1 and seen["returned"] == ["done"]
+
+
+def test_quick_prompt_changes_are_debounced_into_one_decode(
+    make_napari_viewer, qtbot, tiny_sam_hf_folder
+):
+    viewer = make_napari_viewer()
+    image = viewer.add_image(np.random.default_rng(4).integers(0, 255, (32, 32)).astype(np.uint8))
+    widget = open_widget(viewer, tiny_sam_hf_folder)
+    add_point(widget, image, (5, 5))
+    wait_for_preview(qtbot, widget)
+    calls = []
+    original = widget.session.predict
+    widget.session.predict = lambda: calls.append(1) or original()
+    for r, c in [(10, 10), (12, 20), (20, 12), (25, 25)]:
+        add_point(widget, image, (r, c))
+    wait_for_preview(qtbot, widget)
+    assert len(calls) == 1
+    assert len(widget._shown.prompts.points_rc) == 5
+
+
+def test_3d_display_is_refused_with_a_notification(
+    make_napari_viewer, qtbot, notifications, tiny_sam_hf_folder
+):
+    viewer = make_napari_viewer()
+    image, _ = make_stack(viewer, shape=(3, 16, 16))
+    widget = open_widget(viewer, tiny_sam_hf_folder)
+    show_slice(viewer, image, 1)
+    add_point(widget, image, (1, 8, 8))
+    viewer.dims.ndisplay = 3
+    qtbot.waitUntil(lambda: bool(errors(notifications)), timeout=WAIT_MS)
+    assert "2D" in errors(notifications)[-1]
+    qtbot.waitUntil(lambda: widget.is_idle, timeout=WAIT_MS)
+    assert widget._shown is None

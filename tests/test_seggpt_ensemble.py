@@ -176,3 +176,16 @@ def test_predictor_ensembles_several_prompts(
     predictor = SegGptPredictor(load_seggpt(tiny_seggpt_hf_folder, precision="fp32"))
     predictor.set_prompts(images, labels, num_labels=5)
     np.testing.assert_array_equal(predictor.predict(target), expected_labels)
+
+
+def test_model_rejects_wrong_shapes_and_types(tiny_model):
+    good = torch.zeros(1, 3, HALF, HALF)
+    with pytest.raises(ValueError, match=r"\(B, 3, 32, 32\)"):
+        tiny_model.encode_prompts(torch.zeros(1, 3, HALF, HALF + 1), good)
+    with pytest.raises(ValueError, match="as many prompt masks"):
+        tiny_model.encode_prompts(good, torch.zeros(2, 3, HALF, HALF))
+    with pytest.raises(ValueError, match="embedding_type"):
+        tiny_model.encode_prompts(good, good, embedding_type="panoptic")
+    state = tiny_model.encode_prompts(good, good)
+    with pytest.raises(ValueError, match=r"\(B, 3, 32, 32\)"):
+        tiny_model(torch.zeros(1, 1, HALF, HALF), state)

@@ -51,6 +51,8 @@ def test_scripting_function_loads_a_model_from_a_path_and_writes_into_a_layer(
     assert result is labels
     np.testing.assert_array_equal(labels.data[:2], before[:2])  # slice 0 not chosen, 1 painted
     assert labels.data[2].any() and labels.data[3].any()
+    labels.undo()  # the run is one undo step
+    np.testing.assert_array_equal(labels.data, before)
 
 
 def test_current_slice_goes_through_the_layer_transform():

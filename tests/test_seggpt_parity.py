@@ -175,15 +175,36 @@ def test_distance_is_distance_to_the_chosen_palette_colour(
     assert distance.max() > 1.0  # not trivially zero
 
 
-def test_bf16_mostly_agrees_with_fp32(tiny_seggpt_hf_folder, predictors):
+@pytest.mark.parametrize(
+    ("precision", "dtype"), [("bf16", torch.bfloat16), ("fp16", torch.float16)]
+)
+def test_half_precision_mostly_agrees_with_fp32(
+    tiny_seggpt_hf_folder, predictors, precision, dtype
+):
     rng = np.random.default_rng(13)
     prompt_image = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
     prompt_labels = rng.integers(0, 4, (32, 32))
     image = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
-    bf16 = SegGptPredictor(load_seggpt(tiny_seggpt_hf_folder, precision="bf16"))
-    assert bf16.model.dtype == torch.bfloat16
+    half = SegGptPredictor(load_seggpt(tiny_seggpt_hf_folder, precision=precision))
+    assert half.model.dtype == dtype
     results = []
-    for predictor in (bf16, predictors["folder"]):
+    for predictor in (half, predictors["folder"]):
         predictor.set_prompts([prompt_image], [prompt_labels])
         results.append(predictor.predict(image))
     assert (results[0] == results[1]).mean() > 0.8
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_cuda_agrees_with_cpu(tiny_seggpt_hf_folder, predictors, precision):
+    rng = np.random.default_rng(19)
+    prompt_image = rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)
+    prompt_labels = rng.integers(0, 6, (40, 40))
+    stack = rng.integers(0, 256, (3, 36, 44, 3), dtype=np.uint8)
+    cuda = SegGptPredictor(load_seggpt(tiny_seggpt_hf_folder, device="cuda", precision=precision))
+    results = []
+    for predictor in (cuda, predictors["folder"]):
+        predictor.set_prompts([prompt_image], [prompt_labels])
+        results.append(predictor.predict_batch(stack))
+    agreement = np.mean([(a == b).mean() for a, b in zip(*results, strict=True)])
+    assert agreement > (0.999 if precision == "fp32" else 0.8)

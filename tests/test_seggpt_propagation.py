@@ -19,6 +19,7 @@ from napari_segany.seggpt.propagation import (
     merge_labels,
     segment_stack_with_seggpt,
     select_slices,
+    stack_contrast_limits,
     video_order,
 )
 
@@ -170,8 +171,9 @@ def test_max_prompts_limits_the_ensemble_and_picks_nearest():
     # Nearest to slice 7 are slices 8 and 9: their images were the prompts.
     from napari_segany.image_conversion import to_uint8_rgb
 
-    np.testing.assert_array_equal(images[0], to_uint8_rgb(image[8]))
-    np.testing.assert_array_equal(images[1], to_uint8_rgb(image[9]))
+    limits = plan.prompt_contrast_limits
+    np.testing.assert_array_equal(images[0], to_uint8_rgb(image[8], limits))
+    np.testing.assert_array_equal(images[1], to_uint8_rgb(image[9], limits))
 
 
 def test_video_mode_feeds_each_frame_the_previous_prediction():
@@ -318,3 +320,21 @@ def test_label_ids_beyond_int32_survive():
     result = segment_stack_with_seggpt(CopyLastPrompt(), image, labels)
     assert result.dtype == np.int64
     assert set(np.unique(result[1])) == {0, 5, 2**40}
+
+
+def test_stack_wide_contrast_limits_scale_every_slice_alike():
+    image = np.zeros((3, 16, 16), np.uint16)
+    image[0] = 1000  # a bright slice and a dark one: per-slice stretching would hide that
+    image[1] = 100
+    image[2, :, 8:] = 1000
+    labels = np.zeros((3, 16, 16), np.int32)
+    labels[2, :4, :4] = 1
+    plan = SlicePropagation(image, image, labels, targets=[(0,), (1,)], prompts_in_target=True)
+    assert plan.target_contrast_limits == plan.prompt_contrast_limits
+    predictor = CopyLastPrompt()
+    list(plan.run(predictor))
+    bright, dark = predictor.predicted
+    assert bright.min() == 255 and dark.max() < 50
+    assert stack_contrast_limits(image.astype(np.uint8), StackLayout.of(image.shape)) is None
+    unit = np.linspace(0, 1, 3 * 16 * 16).reshape(3, 16, 16)
+    assert stack_contrast_limits(unit, StackLayout.of(unit.shape)) == (0.0, 1.0)

@@ -114,10 +114,27 @@ def test_3d_all_slices_into_the_painted_layer_keeps_painted_slices(qtbot, viewer
     for z in (0, 1, 3, 4):
         assert data[z].any(), z
     assert "segmented 4 slice(s)" in notes.infos[-1]
-    # Every written slice is one undo step: undo restores the last one written.
+    # The whole run is one undo step.
     labels_layer.undo()
-    changed = [z for z in range(5) if not np.array_equal(labels_layer.data[z], before[z])]
-    assert len(changed) == 3
+    np.testing.assert_array_equal(labels_layer.data, before)
+    labels_layer.redo()
+    assert all(labels_layer.data[z].any() for z in (0, 1, 3, 4))
+
+
+def test_a_run_too_large_for_the_undo_history_is_written_without_it(
+    qtbot, viewer_and_widget, notes, monkeypatch
+):
+    viewer, widget = viewer_and_widget
+    monkeypatch.setattr(widget_module, "run_fits_undo", lambda plan: False)
+    image, labels = stack_with_painted_slice(depth=3, painted=0)
+    image_layer = viewer.add_image(image, name="stack")
+    labels_layer = viewer.add_labels(labels, name="painted")
+    choose(widget, target=image_layer, labels=labels_layer, output=labels_layer)
+    run_and_wait(qtbot, widget, notes)
+    result = labels_layer.data.copy()
+    assert result[1].any() and result[2].any()
+    labels_layer.undo()  # nothing recorded: nothing to undo
+    np.testing.assert_array_equal(labels_layer.data, result)
 
 
 @pytest.mark.parametrize("overwrite", [False, True])
@@ -392,3 +409,15 @@ def test_on_the_cpu_slices_go_one_at_a_time(qtbot, viewer_and_widget, notes, mon
     run_and_wait(qtbot, widget, notes)
     assert batch_sizes == [1]
     assert all(labels_layer.data[z].any() for z in range(4))
+
+
+def test_napari_opens_the_widget_from_the_plugin_menu(make_napari_viewer):
+    viewer = make_napari_viewer()
+    viewer.add_image(np.zeros((2, 16, 16)), name="stack")
+    _, widget = viewer.window.add_plugin_dock_widget(
+        "napari-segany", "In-context segmentation (SegGPT)"
+    )
+    assert isinstance(widget, SegGptWidget)
+    assert widget.target_box.value is viewer.layers["stack"]
+    viewer.add_labels(np.zeros((2, 16, 16), np.int32), name="painted")
+    assert widget.prompt_labels_box.value is viewer.layers["painted"]  # choices follow the layers

@@ -63,6 +63,18 @@ def check_image_layer(image_layer: Any) -> None:
         raise ValueError(f"image {image_layer.name!r} has fewer than 2 dimensions")
 
 
+def check_plane_displayed(dims: Any) -> None:
+    """Raise ``ValueError`` unless the viewer shows the last two axes in 2D (SAM's plane)."""
+    ndim = int(dims.ndim)
+    if int(dims.ndisplay) != 2:
+        raise ValueError("SAM works on 2D slices: switch the viewer to 2D display")
+    if tuple(dims.displayed) != (ndim - 2, ndim - 1):
+        raise ValueError(
+            "SAM segments the plane of the last two axes: reset the axis order (transpose) so "
+            "that the last two axes are displayed"
+        )
+
+
 def slice_index_at(image_layer: Image, world_point: Sequence[float]) -> tuple[int, ...]:
     """Indices of the leading (non-plane) axes at a world position (e.g. ``viewer.dims.point``).
 

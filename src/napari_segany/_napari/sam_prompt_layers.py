@@ -76,7 +76,9 @@ class SamPromptLayers:
 
     def is_managed(self, layer: Any) -> bool:
         """Whether ``layer`` is one of the three managed layers."""
-        return layer is not None and any(layer is m for m in (self.points, self.shapes, self.preview))
+        return layer is not None and any(
+            layer is m for m in (self.points, self.shapes, self.preview)
+        )
 
     # -- prompts ------------------------------------------------------------------------------
 
@@ -93,21 +95,31 @@ class SamPromptLayers:
         size = max(glue.spatial_shape(image)[-2:])
         if self.points is None:
             self.points = self.viewer.add_points(
-                np.zeros((0, ndim)), ndim=ndim, name=POINTS_NAME, size=max(3.0, size / 60),
+                np.zeros((0, ndim)),
+                ndim=ndim,
+                name=POINTS_NAME,
+                size=max(3.0, size / 60),
                 features={
-                    glue.PROMPT_FEATURE: pd.Categorical([], categories=[glue.POSITIVE, glue.NEGATIVE])
+                    glue.PROMPT_FEATURE: pd.Categorical(
+                        [], categories=[glue.POSITIVE, glue.NEGATIVE]
+                    )
                 },
                 feature_defaults={glue.PROMPT_FEATURE: self._kind()},
                 face_color=glue.PROMPT_FEATURE,
                 face_color_cycle={glue.POSITIVE: POSITIVE_COLOR, glue.NEGATIVE: NEGATIVE_COLOR},
-                border_color="white", **placement,
+                border_color="white",
+                **placement,
             )
             self.points.events.data.connect(self.on_prompts_changed)
             self._bind_keys(self.points, points_layer=True)
         if self.shapes is None:
             self.shapes = self.viewer.add_shapes(
-                ndim=ndim, name=BOXES_NAME, face_color="transparent", edge_color="yellow",
-                edge_width=max(1.0, size / 200), **placement,
+                ndim=ndim,
+                name=BOXES_NAME,
+                face_color="transparent",
+                edge_color="yellow",
+                edge_width=max(1.0, size / 200),
+                **placement,
             )
             self.shapes.events.data.connect(self.on_prompts_changed)
             self._bind_keys(self.shapes, points_layer=False)
@@ -162,7 +174,8 @@ class SamPromptLayers:
         self.viewer.add_layer(layer)
         index = self.viewer.layers.index(layer)
         managed = [
-            self.viewer.layers.index(m) for m in (self.points, self.shapes, self.preview)
+            self.viewer.layers.index(m)
+            for m in (self.points, self.shapes, self.preview)
             if m is not None and m is not layer and m in self.viewer.layers
         ]
         if managed and min(managed) < index:
@@ -170,7 +183,9 @@ class SamPromptLayers:
         if active is not None and active in self.viewer.layers:
             self.viewer.layers.selection.active = active
 
-    def show_preview(self, image: Image, slice_index: tuple[int, ...], masks: Sequence[np.ndarray]) -> None:
+    def show_preview(
+        self, image: Image, slice_index: tuple[int, ...], masks: Sequence[np.ndarray]
+    ) -> None:
         """Replace the preview by ``masks`` (ids 1, 2, ...) on one slice."""
         layer = self.ensure_preview(image)
         self.clear_preview(refresh=False)

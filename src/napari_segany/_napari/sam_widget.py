@@ -29,17 +29,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, Container, Label, PushButton, SpinBox
 from qtpy.QtCore import QTimer
-from superqt.utils import FunctionWorker
 
 from napari_segany._napari import sam_layers as glue
 from napari_segany._napari.background_task import BackgroundTask
 from napari_segany._napari.model_picker import ModelChoice, ModelPicker
+from napari_segany._napari.sam_preview_decoder import PreviewDecoder
 from napari_segany._napari.sam_prompt_layers import SamPromptLayers
-from napari_segany._napari.sam_scripting import (
-    along_axis,
-    propagation_slice_segmenter,
-    segment_everything_job,
-)
+from napari_segany._napari.sam_stack_actions import SamStackActions
 from napari_segany._napari.sam_widget_sections import (
     WHOLE_STACK,
     AdvancedSection,
@@ -48,7 +44,6 @@ from napari_segany._napari.sam_widget_sections import (
 )
 from napari_segany.sam.embedding_cache import EmbeddingCache, EmbeddingKey
 from napari_segany.sam.interactive_session import InteractiveSamSession, SamPrompts
-from napari_segany.sam.propagation import PropagationStep, propagate_through_stack
 
 if TYPE_CHECKING:
     import napari
@@ -100,20 +95,18 @@ class SamWidget(Container):
         self, napari_viewer: napari.viewer.Viewer, *, session: InteractiveSamSession | None = None
     ) -> None:
         self.viewer = napari_viewer
-        self.session = session if session is not None else InteractiveSamSession(
-            cache=EmbeddingCache(64)
+        self.session = (
+            session if session is not None else InteractiveSamSession(cache=EmbeddingCache(64))
         )
         self.layers = SamPromptLayers(
-            napari_viewer, self._prompts_changed,
+            napari_viewer,
+            self._prompts_changed,
             {"t": self.toggle_point_kind, "n": self.next_candidate, "c": self.commit},
             points_only_keys=("t",),
         )
         self._version = 0
         self._shown: SliceContext | None = None
         self._shown_predictions: list = []
-        self._decoding = False
-        self._decode_again = False
-        self._decode_worker: FunctionWorker | None = None
         self._failed_choice: ModelChoice | None = None
         self._after_model: Callable[[], None] | None = None
         self._cancelled_key: EmbeddingKey | None = None
@@ -124,7 +117,10 @@ class SamWidget(Container):
         self.output_box = ComboBox(label="output labels", choices=self._labels_choices)
         self.overwrite = CheckBox(text="overwrite existing labels", value=False)
         self.refine_label = SpinBox(
-            label="refine label", value=0, min=0, max=2**31 - 1,
+            label="refine label",
+            value=0,
+            min=0,
+            max=2**31 - 1,
             tooltip="0: commit a new object. Otherwise that label is the mask prompt and is "
             "replaced on commit; also the label Propagate carries through the stack.",
         )
@@ -139,11 +135,26 @@ class SamWidget(Container):
         self.everything_button = PushButton(text="Segment everything")
         super().__init__(
             widgets=[
-                self.image_box, self.model_picker, self.output_box, self.overwrite,
-                self.refine_label, self.point_kind,
-                Container(widgets=[self.toggle_button, self.candidate_button], layout="horizontal", labels=False),
-                Container(widgets=[self.commit_button, self.clear_button], layout="horizontal", labels=False),
-                self.status, self.precompute_button, self.propagate_button, self.everything_button,
+                self.image_box,
+                self.model_picker,
+                self.output_box,
+                self.overwrite,
+                self.refine_label,
+                self.point_kind,
+                Container(
+                    widgets=[self.toggle_button, self.candidate_button],
+                    layout="horizontal",
+                    labels=False,
+                ),
+                Container(
+                    widgets=[self.commit_button, self.clear_button],
+                    layout="horizontal",
+                    labels=False,
+                ),
+                self.status,
+                self.precompute_button,
+                self.propagate_button,
+                self.everything_button,
             ]
         )
         self.everything = EverythingSection()
@@ -153,7 +164,14 @@ class SamWidget(Container):
         layout.addWidget(collapsible("Segment everything parameters", self.everything))
         layout.addWidget(collapsible("Propagation and cache", self.advanced))
         layout.addWidget(self.task)
+        self.stack_actions = SamStackActions(self.session, self.task, self.layers, self._set_status)
 
+        self.decoder = PreviewDecoder(
+            self.session,
+            self._show_preview,
+            lambda exc: self._notify_error(f"SAM could not decode the prompts: {exc}"),
+            self.schedule_preview,
+        )
         self._closed = False
         self._timer = QTimer(self.native)
         self._timer.setSingleShot(True)
@@ -176,6 +194,7 @@ class SamWidget(Container):
         for event in (events.inserted, events.removed, events.changed):
             event.connect(self._layers_changed)
         self.viewer.dims.events.current_step.connect(self.schedule_preview)
+        self.task.busy_changed.connect(self._task_busy_changed)
         self.native.destroyed.connect(self._close)
         self._image_changed()
 
@@ -201,7 +220,8 @@ class SamWidget(Container):
         from napari.layers import Labels
 
         layers = [
-            (layer.name, layer) for layer in self.viewer.layers
+            (layer.name, layer)
+            for layer in self.viewer.layers
             if isinstance(layer, Labels) and not self.layers.is_managed(layer)
         ]
         return [(NEW_LAYER, None), *layers]
@@ -253,25 +273,39 @@ class SamWidget(Container):
         Raises
         ------
         ValueError
-            No usable image layer, or prompts outside the image.
+            No usable image layer, a view other than the image's last two axes in 2D, or
+            prompts outside the image.
         """
         image = self.image_layer
         glue.check_image_layer(image)
+        glue.check_plane_displayed(self.viewer.dims)
         slice_index = glue.slice_index_at(image, self.viewer.dims.point)
         world = self.viewer.dims.point
         points, labels = glue.points_on_slice(self.points_layer, image, slice_index, world)
         boxes = glue.boxes_on_slice(self.shapes_layer, image, slice_index, world)
         mask = None
         output = self.output_box.value
-        if self.refine_label.value and output is not None and output.data.shape == glue.spatial_shape(image):
+        if (
+            self.refine_label.value
+            and output is not None
+            and output.data.shape == glue.spatial_shape(image)
+        ):
             mask = np.asarray(output.data[slice_index]) == int(self.refine_label.value)
         prompts = SamPrompts(points, labels, boxes, mask)
         plane_shape = glue.spatial_shape(image)[-2:]
         glue.check_prompts_inside(prompts, plane_shape)
-        key = self.session.embedding_key(
-            str(image.unique_id), slice_index, glue.contrast_limits_of(image)
-        ) if self.session.has_model else EmbeddingKey(str(image.unique_id), slice_index, "", "")
+        key = (
+            self.session.embedding_key(
+                str(image.unique_id), slice_index, glue.contrast_limits_of(image)
+            )
+            if self.session.has_model
+            else EmbeddingKey(str(image.unique_id), slice_index, "", "")
+        )
         return SliceContext(image, slice_index, key, prompts, self._version)
+
+    def _task_busy_changed(self, busy: bool) -> None:
+        if not busy:
+            self.schedule_preview()  # prompts added while a job ran get their preview now
 
     def _prompts_changed(self, *_: Any) -> None:
         self._cancelled_key = None  # a cancelled embedding is retried after a prompt change
@@ -287,9 +321,16 @@ class SamWidget(Container):
     @property
     def is_idle(self) -> bool:
         """No job, no decoding and no pending preview update (tests wait for this)."""
-        return not (self.task.is_running or self._decoding or self._timer.isActive())
+        return not (self.task.is_running or self.decoder.busy or self._timer.isActive())
 
     def _update_preview(self) -> None:
+        if not any(
+            layer is not None and len(layer.data)
+            for layer in (self.points_layer, self.shapes_layer)
+        ):
+            self._clear_preview()  # no prompt anywhere: nothing to check or show
+            self._last_error = ""
+            return
         try:
             context = self.current_context()
         except ValueError as exc:
@@ -305,7 +346,8 @@ class SamWidget(Container):
         if not self._ensure_model():
             return
         context.key = self.session.embedding_key(
-            str(context.image_layer.unique_id), context.slice_index,
+            str(context.image_layer.unique_id),
+            context.slice_index,
             glue.contrast_limits_of(context.image_layer),
         )
         if not self.session.has_embedding(context.key):
@@ -359,51 +401,28 @@ class SamWidget(Container):
     def _start_embedding(self, context: SliceContext) -> None:
         if self.task.is_running or context.key == self._cancelled_key:
             return
-        image = glue.read_slice(context.image_layer, context.slice_index)
+        layer, slice_index = context.image_layer, context.slice_index
 
         def aborted() -> None:
             self._cancelled_key = context.key
             self.status.value = "embedding cancelled; change a prompt to try again"
 
         self.task.start(
-            self.session.compute_embedding, context.key, image,
+            self.session.compute_embedding,
+            context.key,
+            lambda: glue.read_slice(layer, slice_index),
             description="Computing the image embedding",
-            on_returned=lambda _key: self.schedule_preview(), on_aborted=aborted,
+            on_returned=lambda _key: self.schedule_preview(),
+            on_aborted=aborted,
         )
 
     def _start_decoding(self, context: SliceContext) -> None:
         self._cancelled_key = None
-        if self._decoding:
-            self._decode_again = True
-            return
-        self._decoding = True
-        self._decode_again = False
-        session = self.session
-
-        def decode() -> list:
-            if not session.activate(context.key):
-                raise RuntimeError("the image embedding was dropped from the cache; try again")
-            session.set_prompts(context.prompts)
-            return session.predict()
-
-        worker = FunctionWorker(decode)
-        worker.returned.connect(lambda predictions: self._show_preview(context, predictions))
-        worker.errored.connect(
-            lambda exc: self._notify_error(f"SAM could not decode the prompts: {exc}")
-        )
-        worker.finished.connect(self._decoding_finished)
-        self._decode_worker = worker
-        worker.start()
-
-    def _decoding_finished(self) -> None:
-        self._decoding = False
-        self._decode_worker = None
-        if self._decode_again:
-            self.schedule_preview()
+        self.decoder.request(context)
 
     def _show_preview(self, context: SliceContext, predictions: list) -> None:
         if context.version != self._version:
-            self._decode_again = True  # prompts changed meanwhile: this result is stale
+            self.decoder.again = True  # prompts changed meanwhile: this result is stale
             return
         self._shown = context
         self._shown_predictions = predictions
@@ -455,10 +474,16 @@ class SamWidget(Container):
     def commit(self, *_: Any) -> list[int]:
         """Write the previewed object(s) into the output labels layer; returns their label ids."""
         context = self._shown
-        if context is None or context.version != self._version or self._decoding or self._timer.isActive():
+        if (
+            context is None
+            or context.version != self._version
+            or self.decoder.busy
+            or self._timer.isActive()
+        ):
             self._notify_error(
                 "nothing to commit yet: add points or boxes and wait for the preview"
-                if context is None else "the preview is still being updated; commit again in a moment"
+                if context is None
+                else "the preview is still being updated; commit again in a moment"
             )
             return []
         masks = [m for m in self.session.chosen_masks(self._shown_predictions) if m.any()]
@@ -472,8 +497,12 @@ class SamWidget(Container):
             return []
         refine = int(self.refine_label.value) or None
         ids = glue.write_masks(
-            labels, context.slice_index, masks, overwrite=bool(self.overwrite.value),
-            replace_label=refine, label_ids=[refine] if refine and len(masks) == 1 else None,
+            labels,
+            context.slice_index,
+            masks,
+            overwrite=bool(self.overwrite.value),
+            replace_label=refine,
+            label_ids=[refine] if refine and len(masks) == 1 else None,
         )
         self._last_committed = (ids[-1], context.slice_index)
         self.refine_label.value = 0
@@ -500,96 +529,52 @@ class SamWidget(Container):
     def precompute_stack(self, *_: Any) -> None:
         """Compute the embeddings of every slice of the stack in the background."""
         context = self._job_context(self.precompute_stack)
-        if context is None:
-            return
-        image = context.image_layer
-        slices = list(np.ndindex(*glue.spatial_shape(image)[:-2]))
-        if len(slices) > self.session.cache.max_items and self.session.cache.disk_dir is None:
-            from napari.utils.notifications import show_warning
-
-            show_warning(
-                f"the stack has {len(slices)} slices but only {self.session.cache.max_items} "
-                "embeddings fit in the cache: raise 'cached embeddings' or set a cache folder"
-            )
-        limits = glue.contrast_limits_of(image)
-        items = (
-            (self.session.embedding_key(str(image.unique_id), s, limits),
-             lambda s=s: glue.read_slice(image, s))
-            for s in slices
-        )
-        self.task.start(
-            self.session.precompute_embeddings, items, len(slices),
-            description="Embedding the stack", on_finished=self.schedule_preview,
-        )
+        if context is not None:
+            self.stack_actions.precompute(context.image_layer, on_finished=self.schedule_preview)
 
     def propagate(self, *_: Any) -> None:
         """Carry the committed object (or *refine label*) through the stack, in the background."""
         context = self._job_context(self.propagate)
         if context is None:
             return
-        image = context.image_layer
-        lead = glue.n_leading_axes(image)
         labels = self.output_box.value
         label = int(self.refine_label.value) or (self._last_committed or (0, ()))[0]
-        if lead == 0 or labels is None or not label:
+        if labels is None or not label:
             self._notify_error(
-                "propagation needs a stack, an output labels layer and a committed object (or "
-                "a 'refine label'): commit an object on one slice first"
+                "propagation needs an output labels layer and a committed object (or a 'refine "
+                "label'): commit an object on one slice first"
             )
             return
-        start_mask = np.asarray(labels.data[context.slice_index]) == label
-        if not start_mask.any():
-            self._notify_error(f"label {label} is not on the shown slice; go to a slice that has it")
-            return
-        axis = lead - 1
-        job = propagate_through_stack
-        segmenter = propagation_slice_segmenter(self.session, image, context.slice_index, axis)
-        self._clear_preview()
-
-        def show_step(step: PropagationStep) -> None:
-            if step.mask is not None:
-                index = list(context.slice_index)
-                index[axis] = step.slice_index
-                self.layers.add_to_preview(image, tuple(index), step.mask)
-
-        def write(result: Any) -> None:
-            glue.write_mask_on_slices(
-                labels, along_axis(result.masks, context.slice_index, axis), label,
+        try:
+            self.stack_actions.propagate(
+                context.image_layer,
+                context.slice_index,
+                labels,
+                label,
+                self.advanced.propagation(),
                 overwrite=bool(self.overwrite.value),
             )
-            reasons = "; ".join(f"{k}: {v}" for k, v in result.stop_reasons.items())
-            self.status.value = f"label {label} on {len(result.masks)} more slice(s) ({reasons})"
-
-        self.task.start(
-            job, segmenter, glue.spatial_shape(image)[axis], context.slice_index[axis], start_mask,
-            **self.advanced.propagation().as_kwargs(),
-            description=f"Propagating label {label}", on_yielded=show_step, on_returned=write,
-            on_finished=self.layers.clear_preview,
-        )
+        except ValueError as exc:
+            self._notify_error(str(exc))
+        else:
+            self._clear_preview()
 
     def segment_everything(self, *_: Any) -> None:
         """Automatic segmentation of the shown slice or the whole stack into a new labels layer."""
         context = self._job_context(self.segment_everything)
         if context is None:
             return
-        image = context.image_layer
-        shape = glue.spatial_shape(image)
+        shape = glue.spatial_shape(context.image_layer)
         whole = self.everything.scope.value == WHOLE_STACK
         slices = list(np.ndindex(*shape[:-2])) if whole else [context.slice_index]
-
-        def add_layer(labels: np.ndarray) -> None:
-            layer = glue.new_labels_layer(image, f"SAM everything ({image.name})", labels)
-            self.layers.add_below_prompts(layer)
-            self.status.value = f"segment everything: {int(labels.max())} objects"
-
-        self.task.start(
-            segment_everything_job, self.session.model,
-            lambda s: glue.read_slice(image, s), slices, shape, glue.contrast_limits_of(image),
-            self.everything.options(),
-            description="Segmenting everything", on_returned=add_layer,
+        self.stack_actions.segment_everything(
+            context.image_layer, slices, self.everything.options()
         )
 
     # -- messages -----------------------------------------------------------------------------
+
+    def _set_status(self, message: str) -> None:
+        self.status.value = message
 
     def _notify_error(self, message: str) -> None:
         from napari.utils.notifications import show_error
@@ -600,4 +585,3 @@ class SamWidget(Container):
 
 def _model_id(choice: ModelChoice) -> str:
     return f"{choice.source}|{choice.device}"
-

@@ -24,8 +24,10 @@ class PropagationSettings:
     def as_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for ``propagate_through_stack``."""
         return {
-            "direction": self.direction, "min_score": self.min_score,
-            "min_area": self.min_area, "use_mask_prompt": self.use_mask_prompt,
+            "direction": self.direction,
+            "min_score": self.min_score,
+            "min_area": self.min_area,
+            "use_mask_prompt": self.use_mask_prompt,
         }
 
 
@@ -33,19 +35,29 @@ class EverythingSection(Container):
     """Parameters of *Segment everything* (defaults equal the reference generator's)."""
 
     def __init__(self) -> None:
-        self.scope = ComboBox(label="scope", choices=[CURRENT_SLICE, WHOLE_STACK], value=CURRENT_SLICE)
+        self.scope = ComboBox(
+            label="scope", choices=[CURRENT_SLICE, WHOLE_STACK], value=CURRENT_SLICE
+        )
         self.points_per_side = SpinBox(label="points per side", value=32, min=1, max=256)
-        self.pred_iou_thresh = FloatSpinBox(label="pred. IoU thresh", value=0.88, min=0, max=1, step=0.01)
+        self.pred_iou_thresh = FloatSpinBox(
+            label="pred. IoU thresh", value=0.88, min=0, max=1, step=0.01
+        )
         self.stability_score_thresh = FloatSpinBox(
             label="stability thresh", value=0.95, min=0, max=1, step=0.01
         )
-        self.box_nms_thresh = FloatSpinBox(label="box NMS thresh", value=0.7, min=0, max=1, step=0.01)
+        self.box_nms_thresh = FloatSpinBox(
+            label="box NMS thresh", value=0.7, min=0, max=1, step=0.01
+        )
         self.crop_n_layers = SpinBox(label="crop layers", value=0, min=0, max=3)
         self.min_mask_region_area = SpinBox(label="min region area", value=0, min=0, max=10**7)
         super().__init__(
             widgets=[
-                self.scope, self.points_per_side, self.pred_iou_thresh,
-                self.stability_score_thresh, self.box_nms_thresh, self.crop_n_layers,
+                self.scope,
+                self.points_per_side,
+                self.pred_iou_thresh,
+                self.stability_score_thresh,
+                self.box_nms_thresh,
+                self.crop_n_layers,
                 self.min_mask_region_area,
             ]
         )
@@ -67,20 +79,32 @@ class AdvancedSection(Container):
 
     def __init__(self) -> None:
         self.direction = ComboBox(
-            label="propagate", choices=["both", "forward", "backward"], value="both",
+            label="propagate",
+            choices=["both", "forward", "backward"],
+            value="both",
             tooltip="Direction along the stack's last non-image axis",
         )
         self.min_score = FloatSpinBox(
-            label="stop below IoU", value=0.5, min=0, max=1, step=0.05,
+            label="stop below IoU",
+            value=0.5,
+            min=0,
+            max=1,
+            step=0.05,
             tooltip="Propagation stops on a slice where SAM's predicted IoU is lower",
         )
         self.min_area = SpinBox(
-            label="stop below area", value=10, min=0, max=10**7,
+            label="stop below area",
+            value=10,
+            min=0,
+            max=10**7,
             tooltip="Propagation stops on a slice where the object has fewer pixels",
         )
         self.use_mask_prompt = CheckBox(text="use previous mask as prompt", value=False)
         self.cache_items = SpinBox(
-            label="cached embeddings", value=64, min=1, max=100000,
+            label="cached embeddings",
+            value=64,
+            min=1,
+            max=100000,
             tooltip="Most image embeddings kept in memory (one is 4 MiB for SAM)",
         )
         self.cache_folder = LineEdit(
@@ -89,15 +113,21 @@ class AdvancedSection(Container):
         )
         super().__init__(
             widgets=[
-                self.direction, self.min_score, self.min_area, self.use_mask_prompt,
-                self.cache_items, self.cache_folder,
+                self.direction,
+                self.min_score,
+                self.min_area,
+                self.use_mask_prompt,
+                self.cache_items,
+                self.cache_folder,
             ]
         )
 
     def propagation(self) -> PropagationSettings:
         """The propagation settings shown."""
         return PropagationSettings(
-            str(self.direction.value), float(self.min_score.value), int(self.min_area.value),
+            str(self.direction.value),
+            float(self.min_score.value),
+            int(self.min_area.value),
             bool(self.use_mask_prompt.value),
         )
 

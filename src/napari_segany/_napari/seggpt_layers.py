@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Sequence
+from contextlib import ExitStack
 from typing import Any
 
 import numpy as np
@@ -35,6 +36,11 @@ SliceSelection = str | int | range | Iterable[Sequence[int]] | None
 """``"all"``, ``"current"``, an index or ``range`` on the first slice axis, or slice keys."""
 
 OUTPUT_NAME = "SegGPT labels"
+
+UNDO_PIXEL_BUDGET = 8_000_000
+"""Most target pixels a run into an existing labels layer may cover and still be undoable.
+napari's undo keeps the index, old and new value of every changed pixel (about 32 bytes each for
+a 3D stack), so e.g. 30 slices of 512 x 512 are undoable (one step), 100 are not."""
 
 
 def image_layout(layer: Image) -> StackLayout:
@@ -212,23 +218,33 @@ def write_slice(
     *,
     overwrite: bool = False,
     undoable: bool = True,
+    refresh: bool = True,
 ) -> None:
     """Write one predicted (H, W) slice into ``output`` at slice ``key``.
 
-    Labelled pixels are kept unless ``overwrite``. With ``undoable`` (for layers shown in a
-    viewer) only the changed pixels are written, through ``Labels.data_setitem``, so one napari
-    undo step restores the slice; otherwise the slice is assigned directly.
+    Labelled pixels are kept unless ``overwrite``. With ``undoable`` only the changed pixels are
+    written, through ``Labels.data_setitem``, which records them for napari's undo (one step per
+    slice, or one for a whole run inside ``output.block_history()``); otherwise the slice is
+    assigned directly and, with ``refresh``, the layer redrawn.
     """
     existing = np.asarray(output.data[key])
     merged = merge_labels(existing, labels, overwrite=overwrite)
     if not undoable:
         output.data[key] = merged
+        if refresh:
+            output.refresh()
         return
     changed = np.nonzero(merged != existing)
     if changed[0].size == 0:
         return
     indices = tuple(np.full(changed[0].shape, i, dtype=np.intp) for i in key) + changed
     output.data_setitem(indices, merged[changed])
+
+
+def run_fits_undo(plan: SlicePropagation) -> bool:
+    """Whether napari's undo history may record a run: at most :data:`UNDO_PIXEL_BUDGET` pixels."""
+    rows, cols = plan.target_layout.spatial_shape
+    return len(plan) * rows * cols <= UNDO_PIXEL_BUDGET
 
 
 def seggpt_predictor(model: Any, device: str = "auto", precision: str = "auto") -> Any:
@@ -331,8 +347,19 @@ def segment_layers_with_seggpt(
         output = new_output_layer(
             target_image_layer, initial_labels=painted, prompt_labels=prompt_labels_layer.data
         )
-    for key, labels in plan.run(predictor):
-        write_slice(output, key, labels, overwrite=overwrite, undoable=output_layer is not None)
+    undoable = output_layer is not None and run_fits_undo(plan)
+    with ExitStack() as history:
+        if undoable:
+            history.enter_context(output.block_history())  # the whole run: one undo step
+        for key, labels in plan.run(predictor):
+            write_slice(
+                output,
+                key,
+                labels,
+                overwrite=overwrite,
+                undoable=undoable,
+                refresh=output_layer is not None,
+            )
     return output
 
 
@@ -342,6 +369,7 @@ __all__ = [
     "new_output_layer",
     "plan_from_layers",
     "prompt_keys_from_selection",
+    "run_fits_undo",
     "segment_layers_with_seggpt",
     "seggpt_predictor",
     "write_slice",

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Generator
+from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -35,6 +36,7 @@ from napari_segany._napari.seggpt_layers import (
     current_slice_key,
     new_output_layer,
     plan_from_layers,
+    run_fits_undo,
     seggpt_predictor,
     write_slice,
 )
@@ -94,15 +96,22 @@ def parse_slice_list(text: str) -> list[int] | None:
 
 @dataclass
 class _Run:
-    """What the running job writes into: the output layer is created with the first slice."""
+    """What the running job writes into: the output layer is created with the first slice.
+
+    A run into an existing layer is one undo step (napari's ``block_history``, entered with the
+    first slice and left when the job ends) if it fits the undo budget; a new layer is not
+    recorded (deleting it undoes the run).
+    """
 
     target: Image
     prompt_labels: Labels
     output: Labels | None
     overwrite: bool
     start_from_prompt_labels: bool
+    undoable: bool = False
     written: int = 0
     keys: list[SliceKey] = field(default_factory=list)
+    history: ExitStack = field(default_factory=ExitStack)
 
 
 def _load_seggpt(source: str, device: str, precision: str) -> Any:
@@ -324,6 +333,7 @@ class SegGptWidget(Container):
             output=None if output == NEW_LAYER else output,
             overwrite=plan.settings.overwrite_existing,
             start_from_prompt_labels=plan.prompts_in_target,
+            undoable=output != NEW_LAYER and run_fits_undo(plan),
         )
         try:
             self.model_picker.request_model(
@@ -367,6 +377,7 @@ class SegGptWidget(Container):
             on_yielded=self._write,
             on_returned=self._finished,
             on_aborted=self._cancelled,
+            on_finished=self._close_history,
         )
 
     def _write(self, progress: SliceDone) -> None:
@@ -380,7 +391,15 @@ class SegGptWidget(Container):
                 self.task.cancel()
                 show_warning(f"SegGPT stopped: the output layer {run.output.name!r} was removed")
             return
-        write_slice(run.output, progress.key, progress.labels, overwrite=run.overwrite)
+        if run.undoable and run.written == 0:
+            run.history.enter_context(run.output.block_history())
+        write_slice(
+            run.output,
+            progress.key,
+            progress.labels,
+            overwrite=run.overwrite,
+            undoable=run.undoable,
+        )
         run.written += 1
         run.keys.append(progress.key)
 
@@ -393,6 +412,10 @@ class SegGptWidget(Container):
             prompt_labels=run.prompt_labels.data,
         )
         return self.viewer.add_layer(layer)
+
+    def _close_history(self) -> None:
+        if self._run is not None:
+            self._run.history.close()  # commits the run's changes as one undo step
 
     def _finished(self, done: int) -> None:
         run = self._run

@@ -212,7 +212,7 @@ class InteractiveSamSession:
         return key in self.cache
 
     def compute_embedding(
-        self, key: EmbeddingKey, image: np.ndarray
+        self, key: EmbeddingKey, image: np.ndarray | Callable[[], np.ndarray]
     ) -> Generator[tuple[int, int], None, EmbeddingKey]:
         """Job: compute (or fetch from disk) and cache the embedding of one 2D slice.
 
@@ -221,7 +221,8 @@ class InteractiveSamSession:
         key
             From :meth:`embedding_key`; its ``contrast_limits`` are used for the 8-bit scaling.
         image
-            (H, W) grayscale or (H, W, 3|4) RGB(A) slice, any numeric dtype.
+            (H, W) grayscale or (H, W, 3|4) RGB(A) slice, any numeric dtype; or a callable
+            returning it, called in the job (so lazily loaded data is read off the GUI thread).
 
         Yields
         ------
@@ -239,12 +240,15 @@ class InteractiveSamSession:
         yield 1, 1
         return key
 
-    def embed_now(self, key: EmbeddingKey, image: np.ndarray) -> Any:
-        """Compute (or fetch) the embedding of one slice right away and cache it; returns the state."""
+    def embed_now(self, key: EmbeddingKey, image: np.ndarray | Callable[[], np.ndarray]) -> Any:
+        """Compute (or fetch) the embedding of one slice right away and cache it; returns the state.
+
+        ``image`` is the slice or a callable returning it (only called when not cached).
+        """
         self._require_model()
         if key in self.cache:
             return self.cache.get(key)
-        rgb = to_uint8_rgb(image, key.contrast_limits)
+        rgb = to_uint8_rgb(image() if callable(image) else image, key.contrast_limits)
         fingerprint = image_fingerprint(rgb) if self.cache.disk_dir is not None else None
         state = self.cache.get(key, fingerprint)
         if state is not None:
@@ -388,9 +392,13 @@ class InteractiveSamSession:
         self._require_model()
         state = self.cache.get(key)
         if state is None:
-            state = self.embed_now(key, image() if callable(image) else image)
+            state = self.embed_now(key, image)
         box = prompts.boxes_corners[0] if prompts.boxes_corners else None
-        mask_input = mask_to_mask_input(prompts.mask, self.low_res_mask_size) if prompts.mask is not None else None
+        mask_input = (
+            mask_to_mask_input(prompts.mask, self.low_res_mask_size)
+            if prompts.mask is not None
+            else None
+        )
         with self._embed_lock:
             self._embedder.set_embedding_state(state)
             return self._predict_object(
@@ -427,7 +435,9 @@ class InteractiveSamSession:
         self.candidate_offset += 1
         return self.candidate_offset
 
-    def chosen_masks(self, predictions: Sequence[ObjectPrediction] | None = None) -> list[np.ndarray]:
+    def chosen_masks(
+        self, predictions: Sequence[ObjectPrediction] | None = None
+    ) -> list[np.ndarray]:
         """(H, W) bool mask per object: the candidate ranked ``candidate_offset`` by score.
 
         ``predictions`` defaults to the latest :attr:`predictions`.

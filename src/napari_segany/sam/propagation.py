@@ -261,7 +261,8 @@ def predictor_slice_segmenter(
             box=corners_to_sam_box(prompts.boxes_corners[0]) if prompts.boxes_corners else None,
             mask_input=(
                 mask_to_mask_input(prompts.mask, int(predictor.model.low_res_mask_size[0]))
-                if prompts.mask is not None else None
+                if prompts.mask is not None
+                else None
             ),
             multimask_output=True,
         )

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 
@@ -27,9 +27,12 @@ from napari_segany.image_conversion import to_uint8_rgb
 from napari_segany.seggpt.slice_planning import (
     SliceKey,
     StackLayout,
+    check_prompt_stack,
     choose_prompts,
     labelled_slices,
+    prompt_keys_with_labels,
     select_slices,
+    stack_contrast_limits,
     video_order,
 )
 
@@ -45,6 +48,7 @@ __all__ = [
     "merge_labels",
     "segment_stack_with_seggpt",
     "select_slices",
+    "stack_contrast_limits",
     "video_order",
 ]
 
@@ -151,8 +155,8 @@ class SlicePropagation:
     target_rgb, prompt_rgb
         Whether the last axis of the image is colour; ``None`` guesses (last axis 3 or 4).
     target_contrast_limits, prompt_contrast_limits
-        Intensities mapped to black and white (napari's contrast limits); see
-        :func:`napari_segany.image_conversion.to_uint8_rgb` for the default.
+        Intensities mapped to black and white (napari's contrast limits). By default one pair
+        for the whole stack (:func:`stack_contrast_limits`), so every slice is scaled alike.
 
     Raises
     ------
@@ -209,9 +213,18 @@ class SlicePropagation:
         self._painted = {
             k: np.array(prompt_labels[k], dtype=np.int64, copy=True) for k in self.prompt_keys
         }
+        self._painted_ids = {k: nonzero_ids(v) for k, v in self._painted.items()}
         self.prompt_images = prompt_images
         self.prompt_labels = prompt_labels
         self.prompts_in_target = prompts_in_target
+        if target_contrast_limits is None:
+            target_contrast_limits = stack_contrast_limits(target, self.target_layout)
+        if prompt_contrast_limits is None:
+            prompt_contrast_limits = (
+                target_contrast_limits
+                if prompts_in_target
+                else stack_contrast_limits(prompt_images, self.prompt_layout)
+            )
         self.target_contrast_limits = target_contrast_limits
         self.prompt_contrast_limits = prompt_contrast_limits
 
@@ -236,22 +249,22 @@ class SlicePropagation:
         ------
         tuple
             The slice key and its (H, W) label map (int32, int64 for ids beyond int32), in the
-            prompts' label ids (0 =
-            unlabelled). Prompt label ids are renumbered 1..K for the model and mapped back.
+            prompts' label ids (0 = unlabelled). Prompt label ids are renumbered 1..K for the
+            model and mapped back.
         """
         settings = self.settings
         prompt_keys = set(self.prompt_keys)
-        cache: dict[SliceKey, tuple[np.ndarray, np.ndarray]] = {}
+        cache: dict[SliceKey, _Prompt] = {}
 
-        def prompt_pair(key: SliceKey) -> tuple[np.ndarray, np.ndarray]:
+        def prompt_pair(key: SliceKey) -> _Prompt:
             if key not in cache:
                 image = to_uint8_rgb(
                     np.asarray(self.prompt_images[key]), self.prompt_contrast_limits
                 )
-                cache[key] = (image, self._painted[key])
+                cache[key] = _Prompt(image, self._painted[key], self._painted_ids[key])
             return cache[key]
 
-        previous: dict[SliceKey, tuple[np.ndarray, np.ndarray]] = {}
+        previous: dict[SliceKey, _Prompt] = {}
         current_prompts: tuple | None = None
         label_ids = np.zeros(0, dtype=np.int64)
         for chosen, group in self._groups():
@@ -263,16 +276,15 @@ class SlicePropagation:
                     extra = previous.pop(neighbour)
                 elif self.prompts_in_target and neighbour in prompt_keys:
                     extra = prompt_pair(neighbour)
-                if extra is not None and not np.any(extra[1]):
+                if extra is not None and extra.ids.size == 0:
                     extra = None  # an empty prediction teaches nothing
             if extra is not None:
                 pairs.append(extra)
             if chosen != current_prompts or extra is not None:
-                label_ids = np.unique(np.concatenate([np.unique(lab) for _, lab in pairs]))
-                label_ids = label_ids[label_ids != 0]
+                label_ids = np.unique(np.concatenate([p.ids for p in pairs]))
                 predictor.set_prompts(
-                    [img for img, _ in pairs],
-                    [compact_labels(lab, label_ids) for _, lab in pairs],
+                    [p.image for p in pairs],
+                    [compact_labels(p.labels, label_ids) for p in pairs],
                     num_labels=len(label_ids),
                 )
                 # A set including a previous frame is used once; force a reset next time.
@@ -285,7 +297,7 @@ class SlicePropagation:
             )
             for index, ((key, _), labels) in enumerate(zip(group, predictions, strict=True)):
                 if self.video:
-                    previous[key] = (images[index], labels)
+                    previous[key] = _Prompt(images[index], labels, nonzero_ids(labels))
                 yield key, labels
 
     def _groups(self) -> Iterator[tuple[tuple[SliceKey, ...], list[tuple[SliceKey, Any]]]]:
@@ -305,6 +317,20 @@ class SlicePropagation:
             yield chosen_for_group, group
 
 
+class _Prompt(NamedTuple):
+    """One prompt: (H, W, 3) uint8 image, (H, W) labels and their sorted non-zero ids."""
+
+    image: np.ndarray
+    labels: np.ndarray
+    ids: np.ndarray
+
+
+def nonzero_ids(labels: np.ndarray) -> np.ndarray:
+    """Sorted distinct non-zero values of ``labels``, int64."""
+    ids = np.unique(np.asarray(labels)).astype(np.int64)
+    return ids[ids != 0]
+
+
 class _TargetSlices(Sequence):
     """Target slices read and converted to (H, W, 3) uint8 only when indexed (lazy stacks)."""
 
@@ -320,48 +346,6 @@ class _TargetSlices(Sequence):
             image = to_uint8_rgb(np.asarray(self.stack[self.keys[index]]), self.contrast_limits)
             self._last = (index, image)
         return self._last[1]
-
-
-def check_prompt_stack(
-    prompt_images: Any, prompt_labels: Any, prompt_rgb: bool | None
-) -> StackLayout:
-    """Validate a prompt image stack against its labels and return its layout."""
-    layout = StackLayout.of(np.shape(prompt_images), prompt_rgb)
-    label_shape = tuple(np.shape(prompt_labels))
-    if label_shape != layout.label_shape:
-        raise ValueError(
-            f"the prompt labels (shape {label_shape}) do not match the prompt image (shape "
-            f"{tuple(np.shape(prompt_images))}, so labels of shape {layout.label_shape} expected): "
-            f"pick the image layer the labels were painted on"
-        )
-    return layout
-
-
-def prompt_keys_with_labels(
-    prompt_labels: Any, layout: StackLayout, prompt_slices: Sequence[SliceKey] | None
-) -> list[SliceKey]:
-    """The prompt slices: the requested ones (checked to hold labels) or every labelled slice."""
-    labels = np.asarray(prompt_labels)
-    if not (np.issubdtype(labels.dtype, np.integer) or labels.dtype == bool):
-        raise ValueError(f"prompt labels must be integers, got dtype {labels.dtype}")
-    if np.issubdtype(labels.dtype, np.signedinteger) and labels.size and labels.min() < 0:
-        raise ValueError("prompt labels must not be negative")
-    labelled = labelled_slices(labels, len(layout.leading_shape))
-    if prompt_slices is None:
-        keys = labelled
-    else:
-        keys = select_slices(layout.leading_shape, [tuple(k) for k in prompt_slices])
-        empty = [k for k in keys if k not in set(labelled)]
-        if empty:
-            raise ValueError(
-                f"prompt slice(s) {empty} have no labels: paint objects there or choose other slices"
-            )
-    if not keys:
-        raise ValueError(
-            "the prompt labels are empty: paint at least one object on one slice of the prompt "
-            "labels layer (or pick a labels layer that has some), then run again"
-        )
-    return keys
 
 
 def label_dtype(labels: np.ndarray) -> np.dtype:

@@ -1,5 +1,8 @@
 """Which slices of a stack are prompts and targets, and in what order (numpy only).
 
+Also the checks on a prompt stack (labels that fit their images, not empty) and one pair of
+contrast limits for a whole stack.
+
 Axis conventions: an image stack is ``(*leading, H, W)`` for grayscale or ``(*leading, H, W, C)``
 for RGB(A); a label stack is ``(*leading, H, W)``. ``leading`` are the slice axes (Z, or T, or
 T and Z); a slice is addressed by its *slice key*, the tuple of its leading indices (``()`` for a
@@ -11,8 +14,11 @@ from __future__ import annotations
 import itertools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
+
+from napari_segany.image_conversion import ROBUST_PERCENTILES
 
 SliceKey = tuple[int, ...]
 
@@ -170,3 +176,74 @@ def video_order(
         plan.append((distance, key, neighbour))
     plan.sort(key=lambda item: (item[0], item[1]))
     return [(key, neighbour) for _, key, neighbour in plan]
+
+
+def stack_contrast_limits(stack: Any, layout: StackLayout) -> tuple[float, float] | None:
+    """One (low, high) intensity pair for a whole image stack, so all slices scale alike.
+
+    ``None`` for uint8 and boolean stacks (used as they are); ``(0, 1)`` for float stacks within
+    [0, 1]; otherwise the robust percentiles (as :func:`~napari_segany.image_conversion.to_uint8_rgb`
+    uses for one image) of a sample of at most 16 slices, each subsampled to about 256 x 256.
+    """
+    dtype = getattr(stack, "dtype", None)
+    if dtype is None:
+        dtype = np.asarray(stack[(0,) * len(layout.leading_shape)]).dtype
+    dtype = np.dtype(dtype)
+    if dtype == np.uint8 or dtype.kind == "b" or not np.issubdtype(dtype, np.number):
+        return None
+    keys = layout.all_keys()
+    picked = [
+        keys[i] for i in np.unique(np.linspace(0, len(keys) - 1, min(16, len(keys))).astype(int))
+    ]
+    step = max(1, int(np.ceil(max(layout.spatial_shape) / 256)))
+    sample = np.concatenate([np.asarray(stack[k])[::step, ::step].ravel() for k in picked])
+    if np.issubdtype(dtype, np.floating):
+        sample = sample[np.isfinite(sample)]
+        if sample.size == 0:
+            return None
+        if float(sample.min()) >= 0.0 and float(sample.max()) <= 1.0:
+            return (0.0, 1.0)
+    low, high = np.percentile(sample, ROBUST_PERCENTILES)
+    return float(low), float(high)
+
+
+def check_prompt_stack(
+    prompt_images: Any, prompt_labels: Any, prompt_rgb: bool | None
+) -> StackLayout:
+    """Validate a prompt image stack against its labels and return its layout."""
+    layout = StackLayout.of(np.shape(prompt_images), prompt_rgb)
+    label_shape = tuple(np.shape(prompt_labels))
+    if label_shape != layout.label_shape:
+        raise ValueError(
+            f"the prompt labels (shape {label_shape}) do not match the prompt image (shape "
+            f"{tuple(np.shape(prompt_images))}, so labels of shape {layout.label_shape} expected): "
+            f"pick the image layer the labels were painted on"
+        )
+    return layout
+
+
+def prompt_keys_with_labels(
+    prompt_labels: Any, layout: StackLayout, prompt_slices: Sequence[SliceKey] | None
+) -> list[SliceKey]:
+    """The prompt slices: the requested ones (checked to hold labels) or every labelled slice."""
+    labels = np.asarray(prompt_labels)
+    if not (np.issubdtype(labels.dtype, np.integer) or labels.dtype == bool):
+        raise ValueError(f"prompt labels must be integers, got dtype {labels.dtype}")
+    if np.issubdtype(labels.dtype, np.signedinteger) and labels.size and labels.min() < 0:
+        raise ValueError("prompt labels must not be negative")
+    labelled = labelled_slices(labels, len(layout.leading_shape))
+    if prompt_slices is None:
+        keys = labelled
+    else:
+        keys = select_slices(layout.leading_shape, [tuple(k) for k in prompt_slices])
+        empty = [k for k in keys if k not in set(labelled)]
+        if empty:
+            raise ValueError(
+                f"prompt slice(s) {empty} have no labels: paint objects there or choose other slices"
+            )
+    if not keys:
+        raise ValueError(
+            "the prompt labels are empty: paint at least one object on one slice of the prompt "
+            "labels layer (or pick a labels layer that has some), then run again"
+        )
+    return keys

@@ -10,8 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..relative_position import decomposed_rel_pos_terms
 from .layers import FeedForward, LayerNorm2d
+from .rel_pos_attention import RelPosAttention
 
 
 class PatchEmbedding(nn.Module):
@@ -24,55 +24,6 @@ class PatchEmbedding(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C_in, H, W) -> (B, H / p, W / p, embed_dim), channels last."""
         return self.proj(x).permute(0, 2, 3, 1)
-
-
-class RelPosAttention(nn.Module):
-    """Multi-head self-attention over a 2D token grid with decomposed relative position bias.
-
-    The bias is added to the attention logits through ``scaled_dot_product_attention``'s additive
-    mask, so fused attention kernels are used where the device has them.
-    """
-
-    def __init__(
-        self,
-        embed_dim: int,
-        num_heads: int,
-        *,
-        qkv_bias: bool = True,
-        use_rel_pos: bool = True,
-        grid_size: tuple[int, int],
-    ) -> None:
-        super().__init__()
-        self.num_heads = num_heads
-        head_dim = embed_dim // num_heads
-        self.qkv = nn.Linear(embed_dim, embed_dim * 3, bias=qkv_bias)
-        self.proj = nn.Linear(embed_dim, embed_dim)
-        self.use_rel_pos = use_rel_pos
-        if use_rel_pos:
-            self.rel_pos_h = nn.Parameter(torch.zeros(2 * grid_size[0] - 1, head_dim))
-            self.rel_pos_w = nn.Parameter(torch.zeros(2 * grid_size[1] - 1, head_dim))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, H, W, C) -> (B, H, W, C); B counts windows for windowed attention."""
-        batch, height, width, channels = x.shape
-        tokens = height * width
-        qkv = self.qkv(x).reshape(batch, tokens, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv.unbind(0)  # each (B, heads, N, head_dim)
-        bias = None
-        if self.use_rel_pos:
-            rel_h, rel_w = decomposed_rel_pos_terms(
-                q.reshape(batch * self.num_heads, tokens, -1),
-                self.rel_pos_h,
-                self.rel_pos_w,
-                (height, width),
-                (height, width),
-            )
-            bias = (rel_h[:, :, :, None] + rel_w[:, :, None, :]).reshape(
-                batch, self.num_heads, tokens, tokens
-            )
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
-        out = out.transpose(1, 2).reshape(batch, height, width, channels)
-        return self.proj(out)
 
 
 class EncoderBlock(nn.Module):

@@ -6,6 +6,7 @@ Parameter names follow the original segment_anything release (``mask_decoder.*``
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .layers import LayerNorm2d, MultiLayerPerceptron
@@ -88,23 +89,56 @@ class MaskDecoder(nn.Module):
             ],
             dim=1,
         )
-        src = image_embeddings + dense_prompt_embeddings  # broadcasts a single image over B prompts
-        if src.shape[0] != batch:
-            src = src.expand(batch, -1, -1, -1)
+        if dense_prompt_embeddings.shape[0] > 1 and dense_prompt_embeddings.stride(0) == 0:
+            dense_prompt_embeddings = dense_prompt_embeddings[:1]  # "no mask": one for all prompts
+        src = image_embeddings + dense_prompt_embeddings
         _, channels, height, width = src.shape
-        hs, src = self.transformer(src, image_pe, tokens)
+        # Channels last, (B or 1, h * w, C): the layout of every product below.
+        image_tokens = src.permute(0, 2, 3, 1).reshape(src.shape[0], height * width, channels)
+        image_pe = image_pe.permute(0, 2, 3, 1).reshape(1, height * width, channels)
+        hs, keys = self.transformer(image_tokens, image_pe, tokens)
         selected = range(1, self.num_mask_tokens) if multimask_output else range(1)
         # Only the selected masks are computed: same values, less work.
         hyper_in = torch.stack(
             [self.output_hypernetworks_mlps[i](hs[:, 1 + i, :]) for i in selected], dim=1
         )
-        upscaled = self.output_upscaling(
-            src.transpose(1, 2).reshape(batch, channels, height, width)
-        )
-        _, up_channels, up_h, up_w = upscaled.shape
-        masks = (hyper_in @ upscaled.reshape(batch, up_channels, up_h * up_w)).reshape(
-            batch, -1, up_h, up_w
-        )
+        masks = self._upscale_and_project(keys.reshape(batch, height, width, channels), hyper_in)
         iou_pred = self.iou_prediction_head(hs[:, 0, :])
         iou_pred = iou_pred[:, 1:] if multimask_output else iou_pred[:, :1]
         return masks, iou_pred
+
+    def _upscale_and_project(self, src: torch.Tensor, hyper_in: torch.Tensor) -> torch.Tensor:
+        """``hyper_in @ output_upscaling(src)``, computed channels last.
+
+        The two stride-2, kernel-2 transposed convolutions are per-pixel matrix products whose
+        outputs are 2 x 2 sub-pixel blocks; layer norm and GELU act per pixel, and the
+        hypernetwork product reduces the channels before the single reordering into an image.
+
+        Parameters
+        ----------
+        src
+            (B, h, w, C) image tokens after the transformer.
+        hyper_in
+            (B, M, C / 8) mask weights from the hypernetwork MLPs.
+
+        Returns
+        -------
+        torch.Tensor
+            (B, M, 4h, 4w) mask logits.
+        """
+        conv1, norm, _, conv2, _ = self.output_upscaling
+        batch, height, width, channels = src.shape
+        mid, out = conv1.out_channels, conv2.out_channels
+        # (C_in, C_out, 2, 2) -> (C_in, 2 * 2 * C_out): columns ordered (sub-row, sub-col, channel).
+        weight1 = conv1.weight.permute(0, 2, 3, 1).reshape(channels, 4 * mid)
+        weight2 = conv2.weight.permute(0, 2, 3, 1).reshape(mid, 4 * out)
+        x = torch.addmm(conv1.bias.repeat(4), src.reshape(-1, channels), weight1).view(-1, mid)
+        x = F.gelu(F.layer_norm(x, (mid,), norm.weight, norm.bias, norm.eps))
+        x = F.gelu(torch.addmm(conv2.bias.repeat(4), x, weight2))
+        masks = torch.bmm(x.view(batch, -1, out), hyper_in.transpose(1, 2))
+        n_masks = hyper_in.shape[1]
+        # (b, i, j, di1, dj1, di2, dj2, m) -> (b, m, i, di1, di2, j, dj1, dj2)
+        masks = masks.view(batch, height, width, 2, 2, 2, 2, n_masks).permute(
+            0, 7, 1, 3, 5, 2, 4, 6
+        )
+        return masks.reshape(batch, n_masks, 4 * height, 4 * width)

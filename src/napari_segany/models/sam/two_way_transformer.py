@@ -1,6 +1,11 @@
 """SAM's two-way transformer: prompt tokens and image tokens attend to each other.
 
 Parameter names follow the original segment_anything release (``mask_decoder.transformer.*``).
+
+The attentions between the few prompt tokens (about 7) and the many image tokens (4096) are
+computed without projecting every image token to queries, keys or values: the projections are
+folded into the token side by associativity (``(X W^T) K^T = X (W^T K^T)``, and softmax rows sum to
+one). Same result up to rounding, about half the arithmetic of the click-to-mask path.
 """
 
 from __future__ import annotations
@@ -23,23 +28,101 @@ class DownsampledAttention(nn.Module):
             raise ValueError(
                 f"num_heads {num_heads} must divide the attention width {internal_dim}"
             )
+        self.head_dim = internal_dim // num_heads
         self.q_proj = nn.Linear(embed_dim, internal_dim)
         self.k_proj = nn.Linear(embed_dim, internal_dim)
         self.v_proj = nn.Linear(embed_dim, internal_dim)
         self.out_proj = nn.Linear(internal_dim, embed_dim)
 
     def _split_heads(self, x: torch.Tensor) -> torch.Tensor:
-        batch, tokens, channels = x.shape
-        return x.reshape(batch, tokens, self.num_heads, channels // self.num_heads).transpose(1, 2)
+        batch, tokens, _ = x.shape
+        return x.reshape(batch, tokens, self.num_heads, self.head_dim).transpose(1, 2)
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """q (B, N_q, C), k and v (B, N_k, C) -> (B, N_q, C)."""
+        """Plain attention: q (B, N_q, C), k and v (B, N_k, C) -> (B, N_q, C)."""
         q = self._split_heads(self.q_proj(q))
         k = self._split_heads(self.k_proj(k))
         v = self._split_heads(self.v_proj(v))
         out = F.scaled_dot_product_attention(q, k, v)
         batch, _, tokens, _ = out.shape
         return self.out_proj(out.transpose(1, 2).reshape(batch, tokens, -1))
+
+    def tokens_to_image(
+        self, tokens: torch.Tensor, image_keys: torch.Tensor, image_values: torch.Tensor
+    ) -> torch.Tensor:
+        """Few token queries attend to many image keys; same result as ``forward``.
+
+        Parameters
+        ----------
+        tokens
+            (B, T, C) queries.
+        image_keys, image_values
+            (B or 1, N, C) image tokens (with and without positional encoding).
+
+        Returns
+        -------
+        torch.Tensor
+            (B, T, C).
+        """
+        batch, n_tokens, channels = tokens.shape
+        heads, head_dim = self.num_heads, self.head_dim
+        q = self.q_proj(tokens).reshape(batch, n_tokens, heads, head_dim)
+        # Fold the key projection into the queries; its bias shifts every logit of a row equally.
+        folded = torch.einsum(
+            "bthd,hdc->bhtc", q, self.k_proj.weight.view(heads, head_dim, channels)
+        )
+        folded = folded.reshape(batch, heads * n_tokens, channels) * head_dim**-0.5
+        if image_keys.shape[0] == 1 and batch > 1:  # one image for many prompts: one big product
+            folded = folded.reshape(1, batch * heads * n_tokens, channels)
+        probs = torch.softmax(folded @ image_keys.transpose(1, 2), dim=-1)
+        mixed = (probs @ image_values).reshape(batch, heads, n_tokens, channels)
+        # Values: softmax rows sum to one, so the projection (and its bias) applies after mixing.
+        out = torch.einsum(
+            "bhtc,hdc->bthd", mixed, self.v_proj.weight.view(heads, head_dim, channels)
+        )
+        out = out + self.v_proj.bias.view(heads, head_dim)
+        return self.out_proj(out.reshape(batch, n_tokens, heads * head_dim))
+
+    def image_to_tokens(
+        self, image_queries: torch.Tensor, tokens: torch.Tensor, token_values: torch.Tensor
+    ) -> torch.Tensor:
+        """Many image queries attend to few token keys; same result as ``forward``.
+
+        Parameters
+        ----------
+        image_queries
+            (B or 1, N, C) image tokens with positional encoding.
+        tokens, token_values
+            (B, T, C) keys and values.
+
+        Returns
+        -------
+        torch.Tensor
+            (B, N, C).
+        """
+        batch, n_tokens, channels = tokens.shape
+        heads, head_dim = self.num_heads, self.head_dim
+        k = self.k_proj(tokens).reshape(batch, n_tokens, heads, head_dim) * head_dim**-0.5
+        v = self.v_proj(token_values).reshape(batch, n_tokens, heads, head_dim)
+        # Fold the query projection into the keys: logits = X (W_q^T K^T) + b_q K^T.
+        folded = torch.einsum(
+            "hdc,bthd->bcht", self.q_proj.weight.view(heads, head_dim, channels), k
+        )
+        folded = folded.reshape(batch, channels, heads * n_tokens)
+        query_bias = torch.einsum("hd,bthd->bht", self.q_proj.bias.view(heads, head_dim), k)
+        logits = image_queries @ folded + query_bias.reshape(batch, 1, heads * n_tokens)
+        n_image = logits.shape[1]
+        probs = torch.softmax(logits.view(batch, n_image, heads, n_tokens), dim=-1)
+        # Fold the output projection into the values: out = sum_h P_h (V_h W_o,h^T) + b_o.
+        out_weight = self.out_proj.weight.view(channels, heads, head_dim)
+        projected_values = torch.einsum("bthd,chd->bhtc", v, out_weight).reshape(
+            batch, heads * n_tokens, channels
+        )
+        return torch.baddbmm(
+            self.out_proj.bias.expand(batch, 1, channels),
+            probs.reshape(batch, n_image, heads * n_tokens),
+            projected_values,
+        )
 
 
 class TwoWayAttentionBlock(nn.Module):
@@ -77,7 +160,10 @@ class TwoWayAttentionBlock(nn.Module):
         query_pe: torch.Tensor,
         key_pe: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """queries (B, N_tokens, C), keys (B, h * w, C) and their positional encodings -> updated both."""
+        """queries (B, T, C), keys (B or 1, N, C) and their positional encodings -> updated both.
+
+        ``keys`` may have batch 1 for B prompts on one image; the returned keys have batch B.
+        """
         if self.skip_first_layer_pe:
             queries = self.self_attn(queries, queries, queries)
         else:
@@ -85,14 +171,13 @@ class TwoWayAttentionBlock(nn.Module):
             queries = queries + self.self_attn(q, q, queries)
         queries = self.norm1(queries)
 
+        k = keys + key_pe  # keys do not change until the last step: used twice
         q = queries + query_pe
-        k = keys + key_pe
-        queries = self.norm2(queries + self.cross_attn_token_to_image(q, k, keys))
+        queries = self.norm2(queries + self.cross_attn_token_to_image.tokens_to_image(q, k, keys))
         queries = self.norm3(queries + self.mlp(queries))
 
         q = queries + query_pe
-        k = keys + key_pe
-        keys = self.norm4(keys + self.cross_attn_image_to_token(k, q, queries))
+        keys = self.norm4(keys + self.cross_attn_image_to_token.image_to_tokens(k, q, queries))
         return queries, keys
 
 
@@ -128,32 +213,34 @@ class TwoWayTransformer(nn.Module):
         self.norm_final_attn = nn.LayerNorm(embed_dim, eps=final_layer_norm_eps)
 
     def forward(
-        self, image_embedding: torch.Tensor, image_pe: torch.Tensor, point_embedding: torch.Tensor
+        self, image_tokens: torch.Tensor, image_pe: torch.Tensor, point_embedding: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Run the transformer.
 
         Parameters
         ----------
-        image_embedding
-            (B, C, h, w) image embedding (plus dense prompt embedding).
+        image_tokens
+            (B or 1, h * w, C) image embedding (plus dense prompt embedding), row-major over
+            (h, w), channels last.
         image_pe
-            (B or 1, C, h, w) positional encoding of the image grid.
+            (1, h * w, C) positional encoding of the image grid, same layout.
         point_embedding
-            (B, N_tokens, C) output tokens followed by the sparse prompt embeddings.
+            (B, T, C) output tokens followed by the sparse prompt embeddings.
 
         Returns
         -------
         queries
-            (B, N_tokens, C) processed tokens.
+            (B, T, C) processed tokens.
         keys
-            (B, h * w, C) processed image tokens, row-major over (h, w).
+            (B, h * w, C) processed image tokens.
         """
-        keys = image_embedding.flatten(2).transpose(1, 2)
-        key_pe = image_pe.flatten(2).transpose(1, 2)
+        keys = image_tokens
         queries = point_embedding
         for layer in self.layers:
-            queries, keys = layer(queries, keys, point_embedding, key_pe)
+            queries, keys = layer(queries, keys, point_embedding, image_pe)
         q = queries + point_embedding
-        k = keys + key_pe
-        queries = self.norm_final_attn(queries + self.final_attn_token_to_image(q, k, keys))
+        k = keys + image_pe
+        queries = self.norm_final_attn(
+            queries + self.final_attn_token_to_image.tokens_to_image(q, k, keys)
+        )
         return queries, keys

@@ -81,12 +81,34 @@ class SegGptAttention(nn.Module):
         torch.Tensor
             (B, q_rows, cols, C).
         """
-        batch, rows, cols, channels = hidden.shape
+        return linear_inplace_bias(self.attend(self.project_qkv(hidden), query_rows), self.proj)
+
+    def project_qkv(self, hidden: torch.Tensor) -> torch.Tensor:
+        """(B, rows, cols, C) layer-normed tokens -> (B, rows, cols, 3 * C) queries, keys, values."""
+        return linear_inplace_bias(hidden, self.qkv)
+
+    def attend(self, qkv: torch.Tensor, query_rows: slice | None = None) -> torch.Tensor:
+        """The attention itself, before the output projection ``proj``.
+
+        Parameters
+        ----------
+        qkv
+            (B, rows, cols, 3 * C) from :meth:`project_qkv` (rows may be assembled from parts).
+        query_rows
+            As in :meth:`forward`.
+
+        Returns
+        -------
+        torch.Tensor
+            (B, q_rows, cols, C) heads concatenated, not yet projected.
+        """
+        batch, rows, cols, channels3 = qkv.shape
         heads, dim = self.num_heads, self.head_dim
-        qkv = linear_inplace_bias(hidden, self.qkv).reshape(batch, rows, cols, 3, heads, dim)
+        qkv = qkv.reshape(batch, rows, cols, 3, heads, dim)
         query = qkv[:, :, :, 0].permute(0, 3, 1, 2, 4)  # (B, heads, rows, cols, dim)
         if query_rows is not None:
             query = query[:, :, query_rows]
+        query = query.contiguous()
         first_row = 0 if query_rows is None else range(rows)[query_rows][0]
         q_rows = query.shape[2]
         # Keys and values column-major: key index = col * rows + row.
@@ -97,8 +119,7 @@ class SegGptAttention(nn.Module):
             bias = self._relative_bias(query, rows, cols, first_row)
         query = query.reshape(batch, heads, q_rows * cols, dim)
         out = F.scaled_dot_product_attention(query, key, value, attn_mask=bias)
-        out = out.transpose(1, 2).reshape(batch, q_rows, cols, channels)
-        return linear_inplace_bias(out, self.proj)
+        return out.transpose(1, 2).reshape(batch, q_rows, cols, channels3 // 3)
 
     def _relative_bias(
         self, query: torch.Tensor, rows: int, cols: int, first_row: int
@@ -107,24 +128,51 @@ class SegGptAttention(nn.Module):
 
         ``query`` is (B, heads, q_rows, cols, dim), its rows starting at grid row ``first_row``.
         """
-        batch, heads, q_rows, _, _ = query.shape
-        device = query.device
-        table_h = resized_rel_pos_table(self.rel_pos_h, rows).to(query.dtype)
-        table_w = resized_rel_pos_table(self.rel_pos_w, cols).to(query.dtype)
-        # Projections of every query on every relative offset, then pick offset q - k.
-        offsets_h = torch.arange(first_row, first_row + q_rows, device=device)[:, None]
-        offsets_h = offsets_h - torch.arange(rows, device=device)[None, :] + (rows - 1)
-        offsets_w = torch.arange(cols, device=device)[:, None]
-        offsets_w = offsets_w - torch.arange(cols, device=device)[None, :] + (cols - 1)
-        rel_h = torch.gather(
-            query @ table_h.T,
-            4,
-            offsets_h[None, None, :, None, :].expand(batch, heads, q_rows, cols, rows),
-        )  # (B, heads, q_rows, cols, key rows)
-        rel_w = torch.gather(
-            query @ table_w.T,
-            4,
-            offsets_w[None, None, None, :, :].expand(batch, heads, q_rows, cols, cols),
-        )  # (B, heads, q_rows, cols, key cols)
+        batch, heads, q_rows, _, dim = query.shape
+        flat = query.reshape(-1, dim)
+        rel_h = _offset_products(
+            flat, self.rel_pos_h, rows, (batch, heads, q_rows, cols), 2, first_row
+        )
+        rel_w = _offset_products(flat, self.rel_pos_w, cols, (batch, heads, q_rows, cols), 3, 0)
+        # rel_h: (B, heads, q_rows, cols, key rows); rel_w: (B, heads, q_rows, cols, key cols)
         bias = rel_h[:, :, :, :, None, :] + rel_w[:, :, :, :, :, None]
         return bias.reshape(batch, heads, q_rows * cols, cols * rows)
+
+
+def _offset_products(
+    flat_query: torch.Tensor,
+    rel_pos: torch.Tensor,
+    size: int,
+    grid: tuple[int, int, int, int],
+    axis: int,
+    first: int,
+) -> torch.Tensor:
+    """``q . R[pos_q - pos_k]`` along one axis, for every query and every key position.
+
+    Parameters
+    ----------
+    flat_query
+        (B * heads * q_rows * cols, dim) queries in (B, heads, q_rows, cols) order.
+    rel_pos
+        (L, dim) relative position table along the axis (resized to ``2 * size - 1``).
+    size
+        Number of key positions along the axis.
+    grid
+        (B, heads, q_rows, cols).
+    axis
+        2 for rows, 3 for columns: the query dimension whose position is ``pos_q``.
+    first
+        Grid position of the first query along that axis.
+
+    Returns
+    -------
+    torch.Tensor
+        (B, heads, q_rows, cols, size), a strided view (no gather): the products with the table
+        in reversed order put offset ``pos_q - pos_k`` at ``k + (size - 1 - pos_q)``, so shifting
+        the start by one per query position reads the right diagonal.
+    """
+    table = resized_rel_pos_table(rel_pos, size).to(flat_query.dtype).flip(0)
+    products = (flat_query @ table.T).reshape(*grid, 2 * size - 1)
+    strides = list(products.stride())
+    strides[axis] -= 1
+    return products.as_strided((*grid, size), strides, products.storage_offset() + size - 1 - first)

@@ -5,7 +5,8 @@ Feature ensemble (several prompts for one target) follows the ORIGINAL SegGPT in
 
 - the batch of one target holds one stacked input per prompt; after the attention of every
   block, the attention output of the *target* half (lower rows) is replaced by its mean over the
-  prompts, so all prompts see one shared target;
+  prompts, so all prompts see one shared target (which is therefore stored once here, see
+  :class:`SplitTokens`);
 - up to and including the merge block the image stream and the mask stream are averaged
   separately (``merge = 1 if merge_idx >= idx``), afterwards the merged stream is averaged.
 
@@ -16,6 +17,8 @@ that this module follows the original and that transformers differs.
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -37,27 +40,29 @@ class SegGptMlp(nn.Module):
         return linear_inplace_bias(F.gelu(linear_inplace_bias(hidden, self.lin1)), self.lin2)
 
 
-def average_target_rows(update: torch.Tensor, group: int, first_target_row: int) -> torch.Tensor:
-    """Replace the target rows of ``update`` by their mean over each group of prompts.
+class SplitTokens(NamedTuple):
+    """Tokens of stacked inputs kept as their two halves, the target half once per group.
 
-    Parameters
+    With feature ensemble, every prompt of one target sees the same (averaged) target half, so
+    the target half is stored, normed, projected and passed through the MLP once per target
+    instead of once per prompt; only the attention itself runs per prompt.
+
+    Attributes
     ----------
-    update
-        (G * group, rows, cols, C): consecutive runs of ``group`` batch entries belong to one
-        target, one entry per prompt.
-    group
-        Number of prompts per target.
-    first_target_row
-        First row (in ``update``'s rows) that belongs to the target half.
+    prompt
+        (G * g, prompt_rows, cols, C): the upper (prompt) rows of every stacked input; runs of
+        ``g`` consecutive entries share one target (one entry per prompt).
+    target
+        (G, rows / 2, cols, C): the lower (target) rows, one per group.
     """
-    if group <= 1:
-        return update
-    prompt_part = update[:, :first_target_row]
-    target_part = update[:, first_target_row:]
-    shape = target_part.shape
-    mean = target_part.reshape(shape[0] // group, group, *shape[1:]).mean(dim=1, keepdim=True)
-    target_part = mean.expand(-1, group, *shape[1:]).reshape(shape)
-    return torch.cat((prompt_part, target_part), dim=1)
+
+    prompt: torch.Tensor
+    target: torch.Tensor
+
+    @property
+    def group(self) -> int:
+        """Stacked inputs (prompts) per target half."""
+        return self.prompt.shape[0] // self.target.shape[0]
 
 
 class SegGptLayer(nn.Module):
@@ -76,23 +81,40 @@ class SegGptLayer(nn.Module):
         self.layernorm_before = nn.LayerNorm(arch.hidden_size, eps=arch.layer_norm_eps)
         self.layernorm_after = nn.LayerNorm(arch.hidden_size, eps=arch.layer_norm_eps)
 
-    def forward(
-        self, hidden: torch.Tensor, *, ensemble_group: int = 1, first_query_row: int = 0
-    ) -> torch.Tensor:
-        """(B, rows, cols, C) -> (B, rows - first_query_row, cols, C).
+    def forward(self, tokens: SplitTokens, *, first_query_row: int = 0) -> SplitTokens:
+        """Run the block on stacked inputs held as :class:`SplitTokens`.
 
-        ``ensemble_group > 1`` averages the target half of the attention output over each run of
-        that many batch entries (see :func:`average_target_rows`). ``first_query_row`` skips the
-        output of the rows above it (their keys and values are still used).
+        Every stacked input attends over its own prompt rows and its group's target rows. The
+        attention output of the target rows is averaged over the group (the feature ensemble;
+        a no-op for groups of one) before it is added to the shared target half.
+
+        Parameters
+        ----------
+        tokens
+            The block input; its prompt part has all ``rows / 2`` prompt rows.
+        first_query_row
+            Only compute outputs from this stacked row on (at most ``rows / 2``); the returned
+            prompt part then has ``rows / 2 - first_query_row`` rows.
         """
-        rows = hidden.shape[1]
-        query_rows = slice(first_query_row, rows) if first_query_row else None
-        update = self.attention(self.layernorm_before(hidden), query_rows)
-        update = average_target_rows(update, ensemble_group, rows // 2 - first_query_row)
-        if first_query_row:
-            hidden = hidden[:, first_query_row:]
-        hidden = hidden + update
-        return hidden + self.mlp(self.layernorm_after(hidden))
+        prompt, target = tokens
+        group = tokens.group
+        half = target.shape[1]
+        attention = self.attention
+        qkv_target = attention.project_qkv(self.layernorm_before(target))
+        if group > 1:
+            qkv_target = qkv_target.repeat_interleave(group, dim=0)
+        qkv = torch.cat((attention.project_qkv(self.layernorm_before(prompt)), qkv_target), dim=1)
+        query_rows = slice(first_query_row, 2 * half) if first_query_row else None
+        update = attention.attend(qkv, query_rows)
+        prompt_rows = half - first_query_row
+        update_prompt, update_target = update[:, :prompt_rows], update[:, prompt_rows:]
+        if group > 1:
+            update_target = update_target.reshape(-1, group, *update_target.shape[1:]).mean(dim=1)
+        prompt = prompt[:, first_query_row:] + linear_inplace_bias(update_prompt, attention.proj)
+        target = target + linear_inplace_bias(update_target, attention.proj)
+        prompt = prompt + self.mlp(self.layernorm_after(prompt))
+        target = target + self.mlp(self.layernorm_after(target))
+        return SplitTokens(prompt, target)
 
 
 class SegGptEncoder(nn.Module):
@@ -104,7 +126,7 @@ class SegGptEncoder(nn.Module):
         self.layers = nn.ModuleList(SegGptLayer(arch) for _ in range(arch.num_layers))
         self.layernorm = nn.LayerNorm(arch.hidden_size, eps=arch.layer_norm_eps)
 
-    def run_mask_stream(self, tokens: torch.Tensor, *, ensemble: bool) -> torch.Tensor:
+    def run_mask_stream(self, tokens: torch.Tensor, *, ensemble: bool) -> SplitTokens:
         """Run the mask stream through the blocks up to and including the merge block.
 
         The mask stream sees only the prompts' masks (its target half is the mask token), so its
@@ -113,62 +135,68 @@ class SegGptEncoder(nn.Module):
         Parameters
         ----------
         tokens
-            (N, rows, cols, C) mask-stream embeddings, one per prompt.
+            (N, rows, cols, C) mask-stream embeddings, one per prompt (their lower halves are
+            identical: mask token plus positions).
         ensemble
-            Average the target half over the N prompts in each block (original rule).
+            Average the target half over the N prompts in each block (original rule); its
+            target part is then a single (1, rows / 2, cols, C) half.
 
         Returns
         -------
-        torch.Tensor
-            (N, rows, cols, C), the mask stream's output of the merge block.
+        SplitTokens
+            The mask stream's output of the merge block.
         """
-        group = tokens.shape[0] if ensemble else 1
+        half = tokens.shape[1] // 2
+        target = tokens[:1, half:] if ensemble else tokens[:, half:]
+        split = SplitTokens(tokens[:, :half], target)
         for layer in self.layers[: self.arch.merge_index + 1]:
-            tokens = layer(tokens, ensemble_group=group)
-        return tokens
+            split = layer(split)
+        return split
 
     def forward(
-        self,
-        image_tokens: torch.Tensor,
-        mask_state: torch.Tensor,
-        *,
-        ensemble_group: int = 1,
-        keep_rows_from: int = 0,
+        self, image: SplitTokens, mask_state: SplitTokens, *, keep_rows_from: int = 0
     ) -> list[torch.Tensor]:
         """Run the image stream, merge it with the mask stream and return the decoder features.
 
         Parameters
         ----------
-        image_tokens
-            (T * N, rows, cols, C) image-stream embeddings: for each of T targets, one stacked
-            input per prompt (prompt-major within each target).
+        image
+            Image-stream embeddings: for each of G target halves, ``g`` stacked inputs (one per
+            prompt, prompt-major within each target; ``g = 1`` without ensemble).
         mask_state
-            (N, rows, cols, C) output of :meth:`run_mask_stream`, repeated for every target.
-        ensemble_group
-            N when the prompts are to be ensembled, 1 to keep T * N independent predictions.
+            Output of :meth:`run_mask_stream` for the N prompts, repeated for every target.
         keep_rows_from
-            Only return feature rows from this patch row on; blocks after the last feature block
-            are skipped and the last one computes only those rows.
+            Only return feature rows from this stacked row on (at most ``rows / 2``); blocks
+            after the last feature block are skipped and the last one computes only those rows.
 
         Returns
         -------
         list of torch.Tensor
-            One (T * N, rows - keep_rows_from, cols, C) layer-normed feature per feature index.
+            One (G, rows - keep_rows_from, cols, C) layer-normed feature per feature index:
+            the first stacked input of each group (its last prompt rows) over its target half.
         """
         arch = self.arch
-        repeats = image_tokens.shape[0] // mask_state.shape[0]
         last = max(arch.feature_indices)
+        half = image.target.shape[1]
         features: list[torch.Tensor] = []
-        hidden = image_tokens
+        tokens = image
         for index, layer in enumerate(self.layers[: last + 1]):
-            first_query_row = keep_rows_from if index == last else 0
-            hidden = layer(hidden, ensemble_group=ensemble_group, first_query_row=first_query_row)
+            tokens = layer(tokens, first_query_row=keep_rows_from if index == last else 0)
             if index == arch.merge_index:
-                merged = mask_state.repeat(repeats, 1, 1, 1) if repeats > 1 else mask_state
-                if first_query_row:
-                    merged = merged[:, first_query_row:]
-                hidden = (hidden + merged) * 0.5
+                tokens = _merge_streams(tokens, mask_state)
             if index in arch.feature_indices:
-                rows = hidden[:, keep_rows_from:] if index != last else hidden
-                features.append(self.layernorm(rows))
+                prompt_rows = tokens.prompt[
+                    :: tokens.group, tokens.prompt.shape[1] - (half - keep_rows_from) :
+                ]
+                features.append(self.layernorm(torch.cat((prompt_rows, tokens.target), dim=1)))
         return features
+
+
+def _merge_streams(image: SplitTokens, mask: SplitTokens) -> SplitTokens:
+    """Average the image stream with the mask stream (repeated over the targets)."""
+    mask_prompt = mask.prompt[:, mask.prompt.shape[1] - image.prompt.shape[1] :]
+    prompt_repeats = image.prompt.shape[0] // mask_prompt.shape[0]
+    target_repeats = image.target.shape[0] // mask.target.shape[0]
+    prompt = (image.prompt + mask_prompt.repeat(prompt_repeats, 1, 1, 1)) * 0.5
+    target = (image.target + mask.target.repeat(target_repeats, 1, 1, 1)) * 0.5
+    return SplitTokens(prompt, target)

@@ -6,6 +6,8 @@ stream up to the merge block) is computed once by :meth:`SegGpt.encode_prompts`;
 :meth:`SegGpt.forward` then runs only the image stream of the new targets. The painted mask is
 decoded only for the target half (plus the one patch row above it that the decoder's 3x3
 convolution reads), for the first prompt of each target, which is what the original returns.
+With several prompts ensembled, the shared target half is computed once per target (see
+``encoder.SplitTokens``).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from torch import nn
 from .config import SegGptArchitecture
 from .decoder import SegGptDecoder
 from .embeddings import EMBEDDING_TYPES, SegGptEmbeddings
-from .encoder import SegGptEncoder
+from .encoder import SegGptEncoder, SplitTokens
 
 
 @dataclass(frozen=True)
@@ -30,7 +32,8 @@ class SegGptPromptState:
     prompt_tokens
         (N, rows / 2, cols, C) image-stream tokens of the N prompt images (upper half).
     mask_state
-        (N, rows, cols, C) mask stream after the merge block.
+        Mask stream after the merge block: (N, rows / 2, cols, C) prompt rows and the target
+        rows, (1, ...) with ensemble, else (N, ...).
     embedding_type
         ``"instance"`` or ``"semantic"``.
     feature_ensemble
@@ -38,7 +41,7 @@ class SegGptPromptState:
     """
 
     prompt_tokens: torch.Tensor
-    mask_state: torch.Tensor
+    mask_state: SplitTokens
     embedding_type: str
     feature_ensemble: bool
 
@@ -152,22 +155,17 @@ class SegGpt(nn.Module):
         targets = self.embeddings.embed_image_half(
             target_pixels, top=False, embedding_type=prompts.embedding_type
         )
-        # Batch entry t * N + n stacks prompt n over target t.
-        top = prompts.prompt_tokens.repeat(num_targets, 1, 1, 1)
-        bottom = targets.repeat_interleave(num_prompts, dim=0)
-        image_tokens = torch.cat((top, bottom), dim=1)
-        half_rows = image_tokens.shape[1] // 2
-        keep_from = half_rows - 1  # the decoder's 3x3 conv reads one pixel row of the prompt half
+        # Stacked input t * N + n is prompt n over target t; with ensemble the N inputs of a
+        # target share one target half.
+        prompt = prompts.prompt_tokens.repeat(num_targets, 1, 1, 1)
+        if not prompts.feature_ensemble and num_prompts > 1:
+            targets = targets.repeat_interleave(num_prompts, dim=0)
+        half_rows = targets.shape[1]
+        # The decoder's 3x3 conv reads one pixel row of the prompt half above the target.
+        keep_from = half_rows - 1
         features = self.encoder(
-            image_tokens,
-            prompts.mask_state,
-            ensemble_group=num_prompts if prompts.feature_ensemble else 1,
-            keep_rows_from=keep_from,
+            SplitTokens(prompt, targets), prompts.mask_state, keep_rows_from=keep_from
         )
-        if prompts.feature_ensemble:
-            # All prompts of a target share its (averaged) target half; the original returns
-            # the first prompt's output, whose last prompt row borders the target.
-            features = [feature[::num_prompts] for feature in features]
         painted = self.decoder(features)
         return painted[:, :, self.arch.patch_size :]
 
