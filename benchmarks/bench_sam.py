@@ -76,18 +76,26 @@ def summary(times: list[float]) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--model", default="sam-vit-b", choices=list(SAM_MODELS))
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--precision", default="auto", help="auto, fp32, bf16 or fp16 (this implementation)")
+    parser.add_argument(
+        "--precision", default="auto", help="auto, fp32, bf16 or fp16 (this implementation)"
+    )
     parser.add_argument(
         "--reference-precisions",
         default="fp32,same",
         help="precisions of the transformers runs, comma separated ('same' = --precision; '' = skip)",
     )
-    parser.add_argument("--repeats", type=int, default=3, help="timed embedding runs per implementation")
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="timed embedding runs per implementation"
+    )
     parser.add_argument("--decoder-repeats", type=int, default=20, help="timed prompt -> mask runs")
-    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
+    parser.add_argument(
+        "--threads", type=int, default=0, help="torch CPU threads (0: torch default)"
+    )
     args = parser.parse_args()
 
     if args.threads:
@@ -96,7 +104,9 @@ def main() -> None:
     dtype = resolve_dtype(args.precision, device)
     variant = SAM_MODELS[args.model]
     arch = variant.architecture
-    print(f"{args.model} on {device} ({torch.get_num_threads()} CPU threads), this implementation in {DTYPE_NAMES[dtype]}")
+    print(
+        f"{args.model} on {device} ({torch.get_num_threads()} CPU threads), this implementation in {DTYPE_NAMES[dtype]}"
+    )
     if device.type == "cuda":
         print(f"GPU: {torch.cuda.get_device_name(device)}")
 
@@ -109,7 +119,9 @@ def main() -> None:
             if "rel_pos" in name or "pos_embed" in name:
                 param.normal_(0, 0.02)
     state = rename_transformers_keys(reference.state_dict())
-    ours = build_with_weights(lambda: build_sam(arch, name=args.model), state, device=device, dtype=dtype)
+    ours = build_with_weights(
+        lambda: build_sam(arch, name=args.model), state, device=device, dtype=dtype
+    )
 
     size = arch.image_size
     pixels = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(0)).to(device)
@@ -131,7 +143,9 @@ def main() -> None:
         reference.to(device=device, dtype=ref_dtype)
         ref_pixels = pixels.to(ref_dtype)
         with torch.inference_mode():
-            t_ref = timed(lambda: reference.get_image_embeddings(ref_pixels), device, args.repeats)
+            t_ref = timed(
+                lambda x=ref_pixels: reference.get_image_embeddings(x), device, args.repeats
+            )
             if ref_dtype == dtype:
                 ref_embedding = reference.get_image_embeddings(ref_pixels)
         results[f"transformers {DTYPE_NAMES[ref_dtype]}"] = statistics.median(t_ref)
@@ -152,8 +166,15 @@ def main() -> None:
     predictor.set_embedding_state(_state(predictor, features, (size, size)))
     point = np.array([[size * 0.4, size * 0.6]])
     label = np.array([1])
-    t_pred = timed(lambda: predictor.predict(point_coords=point, point_labels=label), device, args.decoder_repeats, 3)
-    print(f"prompt->mask this ({DTYPE_NAMES[dtype]}):        {summary(t_pred)}  -> masks {image.shape[:2]}")
+    t_pred = timed(
+        lambda: predictor.predict(point_coords=point, point_labels=label),
+        device,
+        args.decoder_repeats,
+        3,
+    )
+    print(
+        f"prompt->mask this ({DTYPE_NAMES[dtype]}):        {summary(t_pred)}  -> masks {image.shape[:2]}"
+    )
 
     if ref_dtypes:
         ref_dtype = ref_dtypes[-1]
@@ -164,15 +185,21 @@ def main() -> None:
 
         def reference_predict():
             out = reference(image_embeddings=ref_features, input_points=points, input_labels=labels)
-            masks = F.interpolate(out.pred_masks[0].float(), (size, size), mode="bilinear", align_corners=False)
+            masks = F.interpolate(
+                out.pred_masks[0].float(), (size, size), mode="bilinear", align_corners=False
+            )
             return (masks > 0).cpu().numpy(), out.iou_scores.float().cpu().numpy()
 
         with torch.inference_mode():
             t_ref_pred = timed(reference_predict, device, args.decoder_repeats, 3)
         print(f"prompt->mask transformers ({DTYPE_NAMES[ref_dtype]}): {summary(t_ref_pred)}")
-        print(f"ratio prompt->mask this / transformers: {statistics.median(t_pred) / statistics.median(t_ref_pred):.3f}")
+        print(
+            f"ratio prompt->mask this / transformers: {statistics.median(t_pred) / statistics.median(t_ref_pred):.3f}"
+        )
     if device.type == "cpu":
-        print("note: CPU timings depend on other processes sharing the cores; compare runs from one invocation")
+        print(
+            "note: CPU timings depend on other processes sharing the cores; compare runs from one invocation"
+        )
 
 
 def _state(predictor: SamPredictor, features: torch.Tensor, size: tuple[int, int]):

@@ -56,7 +56,9 @@ def official(monkeypatch):
 
     monkeypatch.setattr(official_amg, "batched_nms", stable_batched_nms)
     monkeypatch.setitem(
-        sys.modules, "cv2", types.SimpleNamespace(connectedComponentsWithStats=connected_components_with_stats)
+        sys.modules,
+        "cv2",
+        types.SimpleNamespace(connectedComponentsWithStats=connected_components_with_stats),
     )
     return segment_anything
 
@@ -85,20 +87,31 @@ class DiscMaskDecoder(nn.Module):
         super().__init__()
         self.image_size = image_size
 
-    def forward(self, image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings, multimask_output):
+    def forward(
+        self,
+        image_embeddings,
+        image_pe,
+        sparse_prompt_embeddings,
+        dense_prompt_embeddings,
+        multimask_output,
+    ):
         points = sparse_prompt_embeddings[:, 0, :]  # (B, 2) x, y in the model input frame
         low_res = 4 * image_embeddings.shape[-1]
         centres = (torch.arange(low_res, dtype=torch.float32) + 0.5) * (self.image_size / low_res)
         px, py = points[:, 0, None, None], points[:, 1, None, None]
         distance = ((centres[None, None, :] - px) ** 2 + (centres[None, :, None] - py) ** 2).sqrt()
-        texture = torch.nn.functional.interpolate(image_embeddings.mean(1, keepdim=True), low_res)[:, 0]
+        texture = torch.nn.functional.interpolate(image_embeddings.mean(1, keepdim=True), low_res)[
+            :, 0
+        ]
         texture = 0.3 * texture / (texture.abs().amax() + 1e-6)
         logits, scores = [], []
         for k, base in enumerate((4.0, 9.0, 20.0)):
             phase = 0.37 * points[:, 0] + 0.23 * points[:, 1] + k
             radius = base * (1 + 0.4 * torch.sin(phase))
             sharpness = 6.0 + 40.0 * (0.5 + 0.5 * torch.sin(1.7 * phase))
-            logits.append((radius[:, None, None] - distance) * sharpness[:, None, None] / 4 + texture)
+            logits.append(
+                (radius[:, None, None] - distance) * sharpness[:, None, None] / 4 + texture
+            )
             scores.append(0.6 + 0.39 * torch.sin(1.3 * points[:, 0] + 0.7 * points[:, 1] + 2 * k))
         return torch.stack(logits, 1), torch.stack(scores, 1)
 
@@ -152,7 +165,9 @@ def test_chunked_upscaling_and_official_predictor_input(official, disc_sam):
     image = _image((80, 80), seed=3)
     theirs = official.SamAutomaticMaskGenerator(disc_sam, points_per_side=10).generate(image)
     predictor = official.SamPredictor(disc_sam)
-    ours = SamAutomaticMaskGenerator(predictor, points_per_side=10, upscale_chunk_bytes=1).generate(image)
+    ours = SamAutomaticMaskGenerator(predictor, points_per_side=10, upscale_chunk_bytes=1).generate(
+        image
+    )
     assert len(theirs) >= 5
     assert_same_records(ours, theirs)
 
@@ -160,7 +175,12 @@ def test_chunked_upscaling_and_official_predictor_input(official, disc_sam):
 def test_same_masks_as_official_on_the_same_weights(official, official_tiny_sam, tiny_sam_model):
     """Real tiny random-weight SAM: ours (this package's model) vs the official model."""
     image = _image((128, 128), seed=1)  # the model's input size: no resize differences
-    options = {"points_per_side": 16, "pred_iou_thresh": 0.0, "stability_score_thresh": 0.0, "box_nms_thresh": 0.95}
+    options = {
+        "points_per_side": 16,
+        "pred_iou_thresh": 0.0,
+        "stability_score_thresh": 0.0,
+        "box_nms_thresh": 0.95,
+    }
     theirs = official.SamAutomaticMaskGenerator(official_tiny_sam, **options).generate(image)
     ours = SamAutomaticMaskGenerator(tiny_sam_model, **options).generate(image)
     assert len(theirs) >= 3
@@ -260,12 +280,16 @@ def test_tiles_merge_objects_cut_by_borders():
     )
     assert predictor.set_image_calls == 3 * 5 == len(steps) / (1 + 4)  # one embedding per tile
     assert steps[-1][0] == steps[-1][1]
-    _, whole = drain(segment_everything(ComponentPredictor(), image, tile_size=None, points_per_side=48))
+    _, whole = drain(
+        segment_everything(ComponentPredictor(), image, tile_size=None, points_per_side=48)
+    )
     assert whole.labels.max() == 4
     assert tiled.labels.max() == 4
     for y, x in [(100, 150), (30, 30), (170, 215), (67, 105)]:
         assert tiled.labels[y, x] > 0
-        np.testing.assert_array_equal(tiled.labels == tiled.labels[y, x], whole.labels == whole.labels[y, x])
+        np.testing.assert_array_equal(
+            tiled.labels == tiled.labels[y, x], whole.labels == whole.labels[y, x]
+        )
 
 
 def test_merge_across_tiles_joins_pieces_keeps_nested_objects():
@@ -275,7 +299,9 @@ def test_merge_across_tiles_joins_pieces_keeps_nested_objects():
         for mask in masks:
             rows, cols = np.nonzero(mask[y0:y1, x0:x1])
             box = [cols.min() + x0, rows.min() + y0, cols.max() + x0, rows.max() + y0]
-            found.append((box, torch.from_numpy(mask[box[1] : box[3] + 1, box[0] : box[2] + 1].copy())))
+            found.append(
+                (box, torch.from_numpy(mask[box[1] : box[3] + 1, box[0] : box[2] + 1].copy()))
+            )
         return MaskCandidates(
             boxes=torch.as_tensor([b for b, _ in found]),
             crops=[c for _, c in found],
@@ -310,7 +336,9 @@ def test_merge_across_tiles_joins_pieces_keeps_nested_objects():
 def test_skip_covered_points_decodes_fewer_prompts_same_objects():
     image = _blob_image()
     full, skipping = ComponentPredictor(), ComponentPredictor()
-    reference = SamAutomaticMaskGenerator(full, points_per_side=32, points_per_batch=16).generate(image)
+    reference = SamAutomaticMaskGenerator(full, points_per_side=32, points_per_batch=16).generate(
+        image
+    )
     records = SamAutomaticMaskGenerator(
         skipping, points_per_side=32, points_per_batch=16, skip_covered_points=True
     ).generate(image)
@@ -326,11 +354,19 @@ def test_predictor_embedding_is_reused_and_restored():
     image = _blob_image()
     predictor = ComponentPredictor()
     predictor.set_image(image)
-    SamAutomaticMaskGenerator(predictor, points_per_side=8).generate(image)
+    SamAutomaticMaskGenerator(predictor, points_per_side=8, reuse_embedding=True).generate(image)
     assert predictor.set_image_calls == 1  # reused, not recomputed
-    SamAutomaticMaskGenerator(predictor, points_per_side=4, crop_n_layers=1).generate(image)
+    options = {"points_per_side": 4, "crop_n_layers": 1, "reuse_embedding": True}
+    SamAutomaticMaskGenerator(predictor, **options).generate(image)
     assert predictor.set_image_calls == 1 + 4 + 1  # 4 crops, then the whole image put back
     assert predictor.image is image
+    # By default the embedding is computed: a same-size slice of a stack gets its own.
+    other = image[::-1].copy()
+    records = SamAutomaticMaskGenerator(predictor, points_per_side=8).generate(other)
+    assert predictor.set_image_calls == 6 + 2 and predictor.image is image  # computed, restored
+    flipped = {(x, 200 - y - h - 1, w, h) for x, y, w, h in (r["bbox"] for r in records)}
+    reused = SamAutomaticMaskGenerator(predictor, points_per_side=8, reuse_embedding=True).generate(image)
+    assert flipped == {tuple(r["bbox"]) for r in reused}
 
 
 def test_invalid_options(disc_sam):

@@ -116,7 +116,9 @@ def test_nms_equals_brute_force(seed, threshold):
 
     categories = torch.randint(0, 3, (300,), generator=gen)
     keep = non_maximum_suppression(boxes.float(), scores, threshold, categories)
-    assert keep.tolist() == brute_force_nms(boxes.tolist(), scores.tolist(), threshold, categories.tolist())
+    assert keep.tolist() == brute_force_nms(
+        boxes.tolist(), scores.tolist(), threshold, categories.tolist()
+    )
 
 
 def test_nms_without_full_matrix(monkeypatch):
@@ -135,7 +137,11 @@ def test_nms_empty_and_degenerate_boxes():
     assert non_maximum_suppression(torch.zeros(0, 4), torch.zeros(0), 0.5).tolist() == []
     boxes = torch.tensor([[0.0, 0, 0, 0], [0, 0, 0, 0], [0, 0, 10, 10]])
     # Zero-area boxes have NaN IoU with each other: nothing suppresses them (as torchvision).
-    assert sorted(non_maximum_suppression(boxes, torch.tensor([0.9, 0.8, 0.7]), 0.5).tolist()) == [0, 1, 2]
+    assert sorted(non_maximum_suppression(boxes, torch.tensor([0.9, 0.8, 0.7]), 0.5).tolist()) == [
+        0,
+        1,
+        2,
+    ]
     assert torch.isnan(pairwise_box_iou(boxes[:1], boxes[:1]))[0, 0]
 
 
@@ -234,7 +240,12 @@ def test_clean_mask_in_box_equals_whole_image_clean_up(reference_amg, skimage_as
 
 # -- label image ----------------------------------------------------------------------------------
 def _record(mask, iou=0.9, stability=0.95):
-    return {"segmentation": mask, "predicted_iou": iou, "stability_score": stability, "area": int(mask.sum())}
+    return {
+        "segmentation": mask,
+        "predicted_iou": iou,
+        "stability_score": stability,
+        "area": int(mask.sum()),
+    }
 
 
 def test_label_image_keeps_nested_and_overlapping_objects():

@@ -77,13 +77,20 @@ def test_partial_config_takes_transformers_defaults(tmp_path, tiny_sam_hf_folder
     from napari_segany.sam.checkpoint_layouts import architecture_from_transformers_config
 
     slim = architecture_from_transformers_config(
-        {"model_type": "sam", "vision_config": {"hidden_size": 168, "mlp_dim": 696, "model_type": ""}}
+        {
+            "model_type": "sam",
+            "vision_config": {"hidden_size": 168, "mlp_dim": 696, "model_type": ""},
+        }
     )
     assert slim == SAM_MODELS["slimsam-77"].architecture.__class__(
         **{**SAM_MODELS["slimsam-77"].architecture.__dict__, "decoder_layer_norm_eps": 1e-6}
     )
     tiny = architecture_from_transformers_config(config)
-    assert (tiny.image_size, tiny.encoder_embed_dim, tiny.encoder_global_attn_indexes) == (128, 48, (1,))
+    assert (tiny.image_size, tiny.encoder_embed_dim, tiny.encoder_global_attn_indexes) == (
+        128,
+        48,
+        (1,),
+    )
 
 
 def test_original_layout_variants_recognised_from_shapes():
@@ -118,11 +125,21 @@ def test_source_kinds_resolve_through_the_hub(monkeypatch, tiny_sam_hf_folder):
     assert by_name.name == "medsam-vit-b"
     assert by_name.preprocessing == MEDSAM_PREPROCESSING
     by_repo = load_sam("wanglab/medsam-vit-base", precision="fp32")
-    assert by_repo.name == "wanglab/medsam-vit-base" and by_repo.preprocessing == MEDSAM_PREPROCESSING
+    assert (
+        by_repo.name == "wanglab/medsam-vit-base" and by_repo.preprocessing == MEDSAM_PREPROCESSING
+    )
     other = load_sam("someone/sam-finetune", precision="fp32")
     assert other.preprocessing == SamPreprocessing()
-    assert load_sam("slimsam-77", precision="fp32", preprocessing="medsam").preprocessing == MEDSAM_PREPROCESSING
-    assert calls == ["wanglab/medsam-vit-base", "wanglab/medsam-vit-base", "someone/sam-finetune", "nielsr/slimsam-77-uniform"]
+    assert (
+        load_sam("slimsam-77", precision="fp32", preprocessing="medsam").preprocessing
+        == MEDSAM_PREPROCESSING
+    )
+    assert calls == [
+        "wanglab/medsam-vit-base",
+        "wanglab/medsam-vit-base",
+        "someone/sam-finetune",
+        "nielsr/slimsam-77-uniform",
+    ]
 
 
 def test_medsam_file_name_selects_medsam_preprocessing(tmp_path, tiny_sam_pth):
@@ -165,7 +182,9 @@ def test_truncated_file_is_a_checkpoint_error(tmp_path, tiny_sam_pth, tiny_sam_h
 def test_unknown_layout_is_named(tmp_path):
     path = tmp_path / "resnet.pth"
     torch.save({"conv1.weight": torch.zeros(4, 3, 3, 3), "fc.bias": torch.zeros(10)}, path)
-    with pytest.raises(CheckpointError, match="not a SAM checkpoint in a known layout.*conv1.weight"):
+    with pytest.raises(
+        CheckpointError, match="not a SAM checkpoint in a known layout.*conv1.weight"
+    ):
         load_sam(path)
 
 

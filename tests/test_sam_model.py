@@ -13,7 +13,9 @@ ATOL = 1e-4
 
 
 def _pixels(seed: int = 0) -> torch.Tensor:
-    return torch.randn(1, 3, TINY_IMAGE_SIZE, TINY_IMAGE_SIZE, generator=torch.Generator().manual_seed(seed))
+    return torch.randn(
+        1, 3, TINY_IMAGE_SIZE, TINY_IMAGE_SIZE, generator=torch.Generator().manual_seed(seed)
+    )
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +38,10 @@ def test_image_embedding_matches_official(tiny_sam_model, official_tiny_sam):
     pixels = _pixels(1)
     with torch.no_grad():
         torch.testing.assert_close(
-            tiny_sam_model.embed_image(pixels), official_tiny_sam.image_encoder(pixels), atol=ATOL, rtol=1e-4
+            tiny_sam_model.embed_image(pixels),
+            official_tiny_sam.image_encoder(pixels),
+            atol=ATOL,
+            rtol=1e-4,
         )
 
 
@@ -58,8 +63,12 @@ def _prompts(kind: str, batch: int = 1):
 
 
 @pytest.mark.parametrize("multimask", [True, False])
-@pytest.mark.parametrize("kind", ["points", "box", "points+box", "mask", "points+mask", "box+points+mask"])
-def test_decoder_matches_transformers(tiny_sam_model, tiny_sam_hf_model, embeddings, kind, multimask):
+@pytest.mark.parametrize(
+    "kind", ["points", "box", "points+box", "mask", "points+mask", "box+points+mask"]
+)
+def test_decoder_matches_transformers(
+    tiny_sam_model, tiny_sam_hf_model, embeddings, kind, multimask
+):
     ours_embedding, theirs_embedding = embeddings
     batch = 3 if kind == "box" else 1
     points, labels, boxes, masks = _prompts(kind, batch)
@@ -89,7 +98,9 @@ def test_decoder_matches_official(tiny_sam_model, official_tiny_sam, multimask):
     with torch.no_grad():
         embedding = tiny_sam_model.embed_image(pixels)
         low_res, iou = tiny_sam_model.decode(embedding, points, labels, boxes, masks, multimask)
-        sparse, dense = official_tiny_sam.prompt_encoder(points=(points, labels), boxes=boxes, masks=masks)
+        sparse, dense = official_tiny_sam.prompt_encoder(
+            points=(points, labels), boxes=boxes, masks=masks
+        )
         expected, expected_iou = official_tiny_sam.mask_decoder(
             image_embeddings=official_tiny_sam.image_encoder(pixels),
             image_pe=official_tiny_sam.prompt_encoder.get_dense_pe(),
@@ -147,3 +158,25 @@ def test_window_partition_round_trip(size):
     assert windows.shape[1:] == (3, 3, 5)
     assert padded == (-(-size[0] // 3) * 3, -(-size[1] // 3) * 3)
     torch.testing.assert_close(window_unpartition(windows, 3, padded, size), x)
+
+
+@pytest.mark.parametrize("grid", [(33, 33), (32, 40), (5, 7)])
+def test_cpu_attention_matches_masked_sdpa(grid):
+    """Both CPU paths (query-row chunks for >= 1024 tokens, folded bias for windows) are exact."""
+    from napari_segany.models.relative_position import decomposed_rel_pos_terms
+    from napari_segany.models.sam.rel_pos_attention import (
+        CPU_CHUNKED_MIN_TOKENS,
+        rel_pos_attention_cpu,
+    )
+
+    gen = torch.Generator().manual_seed(0)
+    tokens, heads, dim = grid[0] * grid[1], 3, 8
+    q, k, v = (torch.randn(heads, tokens, dim, generator=gen) for _ in range(3))
+    rel_pos_h = torch.randn(2 * grid[0] - 1, dim, generator=gen)
+    rel_pos_w = torch.randn(2 * grid[1] - 1, dim, generator=gen)
+    rel_h, rel_w = decomposed_rel_pos_terms(q, rel_pos_h, rel_pos_w, grid, grid)
+    bias = (rel_h[:, :, :, None] + rel_w[:, :, None, :]).reshape(heads, tokens, tokens)
+    expected = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+    got = rel_pos_attention_cpu(q, k, v, rel_h, rel_w, grid)
+    assert (tokens >= CPU_CHUNKED_MIN_TOKENS) == (grid != (5, 7))
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)

@@ -31,7 +31,10 @@ def predictor(tiny_sam_model):
 
 PROMPTS = {
     "point": {"point_coords": np.array([[40.0, 30.0]]), "point_labels": np.array([1])},
-    "points": {"point_coords": np.array([[40.0, 30.0], [100.0, 70.0], [5.0, 80.0]]), "point_labels": np.array([1, 0, 1])},
+    "points": {
+        "point_coords": np.array([[40.0, 30.0], [100.0, 70.0], [5.0, 80.0]]),
+        "point_labels": np.array([1, 0, 1]),
+    },
     "box": {"box": np.array([20.0, 10.0, 120.0, 80.0])},
     "points+box": {
         "point_coords": np.array([[60.0, 40.0], [10.0, 10.0]]),
@@ -48,11 +51,20 @@ def test_predict_matches_official_predictor(predictor, official_predictor, shape
     image = _image(*shape)
     predictor.set_image(image)
     official_predictor.set_image(image)
-    torch.testing.assert_close(predictor.get_image_embedding(), official_predictor.get_image_embedding(), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(
+        predictor.get_image_embedding(),
+        official_predictor.get_image_embedding(),
+        atol=1e-4,
+        rtol=1e-4,
+    )
     assert predictor.input_size == tuple(official_predictor.input_size)
     prompts = PROMPTS[kind]
-    logits, scores, low_res = predictor.predict(**prompts, multimask_output=multimask, return_logits=True)
-    ref_logits, ref_scores, ref_low_res = official_predictor.predict(**prompts, multimask_output=multimask, return_logits=True)
+    logits, scores, low_res = predictor.predict(
+        **prompts, multimask_output=multimask, return_logits=True
+    )
+    ref_logits, ref_scores, ref_low_res = official_predictor.predict(
+        **prompts, multimask_output=multimask, return_logits=True
+    )
     channels = 3 if multimask else 1
     assert logits.shape == (channels, *shape) and logits.dtype == np.float32
     assert scores.shape == (channels,) and scores.dtype == np.float32
@@ -71,7 +83,9 @@ def test_mask_input_round_trip_matches_official(predictor, official_predictor):
     official_predictor.set_image(image)
     _, _, low_res = predictor.predict(**PROMPTS["point"])
     mask_input = low_res[:1]
-    ours = predictor.predict(**PROMPTS["points"], mask_input=mask_input, multimask_output=False, return_logits=True)
+    ours = predictor.predict(
+        **PROMPTS["points"], mask_input=mask_input, multimask_output=False, return_logits=True
+    )
     theirs = official_predictor.predict(
         **PROMPTS["points"], mask_input=mask_input, multimask_output=False, return_logits=True
     )
@@ -152,7 +166,9 @@ def test_embedding_state_round_trip(tiny_sam_model, predictor):
     other.set_embedding_state(state)
     assert other.is_image_set
     assert other.get_image_embedding() is not None
-    for a, b in zip(other.predict(**PROMPTS["points+box"], return_logits=True), expected, strict=True):
+    for a, b in zip(
+        other.predict(**PROMPTS["points+box"], return_logits=True), expected, strict=True
+    ):
         np.testing.assert_array_equal(a, b)
     with pytest.raises(AttributeError):
         state.original_size = (1, 1)  # frozen
@@ -168,7 +184,9 @@ def test_embedding_state_from_another_model_is_rejected(tiny_sam_hf_folder, pred
 
 def test_many_boxes_in_one_call_equal_one_by_one(predictor):
     predictor.set_image(_image(90, 150, seed=2))
-    boxes = np.array([[10, 10, 60, 50], [140, 80, 70, 20], [0, 0, 149, 89], [30, 40, 31, 41]], dtype=float)
+    boxes = np.array(
+        [[10, 10, 60, 50], [140, 80, 70, 20], [0, 0, 149, 89], [30, 40, 31, 41]], dtype=float
+    )
     masks, scores, low_res = predictor.predict(box=boxes, return_logits=True)
     assert masks.shape == (4, 3, 90, 150)
     assert scores.shape == (4, 3)
@@ -201,7 +219,10 @@ def test_box_corners_in_any_order(predictor):
         ({"box": np.zeros(3)}, "box"),
         ({"box": np.array([0, 0, np.nan, 4])}, "finite"),
         ({"mask_input": np.zeros((1, 16, 16))}, "mask_input"),
-        ({"box": np.zeros((2, 4)), "mask_input": np.zeros((3, 1, TINY_LOW_RES, TINY_LOW_RES))}, "mask inputs"),
+        (
+            {"box": np.zeros((2, 4)), "mask_input": np.zeros((3, 1, TINY_LOW_RES, TINY_LOW_RES))},
+            "mask inputs",
+        ),
     ],
 )
 def test_invalid_prompts_are_clear_value_errors(predictor, kwargs, message):
@@ -230,8 +251,12 @@ def test_apply_coords_and_boxes_match_official_transform(predictor):
     coords = np.array([[0.0, 0.0], [149.0, 89.0], [33.3, 12.7]])
     boxes = np.array([[1.0, 2.0, 30.0, 40.0], [100.0, 50.0, 149.0, 89.0]])
     for size in [(90, 150), (150, 90), (1000, 1000)]:
-        np.testing.assert_allclose(predictor.apply_coords(coords, size), transform.apply_coords(coords, size))
-        np.testing.assert_allclose(predictor.apply_boxes(boxes, size), transform.apply_boxes(boxes, size))
+        np.testing.assert_allclose(
+            predictor.apply_coords(coords, size), transform.apply_coords(coords, size)
+        )
+        np.testing.assert_allclose(
+            predictor.apply_boxes(boxes, size), transform.apply_boxes(boxes, size)
+        )
         np.testing.assert_allclose(
             predictor.apply_boxes_torch(torch.as_tensor(boxes), size).numpy(),
             transform.apply_boxes(boxes, size),
@@ -249,7 +274,9 @@ def test_medsam_preprocessing_stretches_and_min_max_normalises(tiny_sam_hf_folde
     predictor.set_image(image)
     assert predictor.input_size == (TINY_IMAGE_SIZE, TINY_IMAGE_SIZE)
     # MedSAM's own inference code: bicubic stretch, uint8, min-max to [0, 1], no mean/std.
-    resized = resize(image, (128, 128, 3), order=3, preserve_range=True, anti_aliasing=True).astype(np.uint8)
+    resized = resize(image, (128, 128, 3), order=3, preserve_range=True, anti_aliasing=True).astype(
+        np.uint8
+    )
     normalised = (resized - resized.min()) / np.clip(resized.max() - resized.min(), 1e-8, None)
     pixels = torch.as_tensor(normalised, dtype=torch.float32).permute(2, 0, 1)[None]
     with torch.no_grad():
@@ -263,3 +290,16 @@ def test_medsam_preprocessing_stretches_and_min_max_normalises(tiny_sam_hf_folde
         torch.as_tensor(low_res)[None], (60, 100), mode="bilinear", align_corners=False
     )[0]
     np.testing.assert_allclose(logits, direct.numpy(), atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("shape", "size"), [((3, 32, 32), (128, 128)), ((2, 7, 5), (21, 10)), ((1, 8, 8), (5, 13))]
+)
+def test_resize_bilinear_equals_interpolate(shape, size):
+    from napari_segany.sam.transforms import resize_bilinear
+
+    maps = torch.randn(shape, generator=torch.Generator().manual_seed(0))
+    expected = torch.nn.functional.interpolate(
+        maps[:, None], size, mode="bilinear", align_corners=False
+    )[:, 0]
+    torch.testing.assert_close(resize_bilinear(maps, size), expected, atol=1e-5, rtol=1e-5)

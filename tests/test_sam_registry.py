@@ -23,7 +23,9 @@ def test_every_entry_builds_on_meta_with_its_numbers(name):
     assert encoder.patch_embed.proj.out_channels == arch.encoder_embed_dim
     assert encoder.blocks[0].mlp.lin1.out_features == arch.encoder_mlp_dim
     assert encoder.blocks[0].attn.num_heads == arch.encoder_num_heads
-    assert [i for i, b in enumerate(encoder.blocks) if b.window_size == 0] == list(arch.encoder_global_attn_indexes)
+    assert [i for i, b in enumerate(encoder.blocks) if b.window_size == 0] == list(
+        arch.encoder_global_attn_indexes
+    )
     assert encoder.pos_embed.shape == (1, 64, 64, arch.encoder_embed_dim)
     assert model.low_res_mask_size == (256, 256)
     params = sum(p.numel() for p in model.parameters()) / 1e6
@@ -61,6 +63,8 @@ def test_architecture_validates_numbers():
 
 
 def test_registry_and_package_import_no_torch():
-    code = "import sys, napari_segany.sam, napari_segany.sam.registry; print('torch' in sys.modules)"
+    code = (
+        "import sys, napari_segany.sam, napari_segany.sam.registry; print('torch' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

@@ -423,3 +423,42 @@ def test_3d_display_is_refused_with_a_notification(
     assert "2D" in errors(notifications)[-1]
     qtbot.waitUntil(lambda: widget.is_idle, timeout=WAIT_MS)
     assert widget._shown is None
+
+
+def test_model_picker_choice_cache_and_background_load(qtbot, tmp_path):
+    from napari_segany._napari.background_task import BackgroundTask
+    from napari_segany._napari.model_picker import (
+        CUSTOM_PATH,
+        LoadedModelCache,
+        ModelChoice,
+        ModelPicker,
+    )
+
+    loads = []
+
+    def loader(source, device, precision):
+        loads.append((source, device, precision))
+        return object()
+
+    picker = ModelPicker(["sam-vit-b", "sam-vit-h"], loader)
+    assert picker.choice == ModelChoice("sam-vit-b", "auto", "auto")
+    assert not picker.path_edit.enabled
+    picker.set_custom_path(str(tmp_path))
+    assert picker.model_box.value == CUSTOM_PATH and picker.path_edit.enabled
+    picker.precision_box.value = "bf16"
+    task = BackgroundTask()
+    qtbot.addWidget(task)
+    ready = []
+    assert picker.request_model(task, lambda model, choice: ready.append((model, choice))) is False
+    qtbot.waitUntil(lambda: len(ready) == 1, timeout=5000)
+    assert loads == [(str(tmp_path), "auto", "bf16")]
+    # the same choice again comes from the cache, at once, without loading
+    assert picker.request_model(task, lambda model, choice: ready.append((model, choice))) is True
+    assert len(loads) == 1 and ready[1][0] is ready[0][0]
+    picker.path_edit.value = ""
+    with pytest.raises(ValueError, match="no model path"):
+        picker.request_model(task, lambda *_: None)
+    cache = LoadedModelCache(max_models=2)
+    for name in "abc":
+        cache.put(ModelChoice(name), name)
+    assert len(cache) == 2 and ModelChoice("a") not in cache and cache.get(ModelChoice("c")) == "c"

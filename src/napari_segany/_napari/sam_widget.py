@@ -350,6 +350,8 @@ class SamWidget(Container):
             context.slice_index,
             glue.contrast_limits_of(context.image_layer),
         )
+        if context.key == self._cancelled_key:
+            return  # the user cancelled this slice's embedding: wait for a prompt change
         if not self.session.has_embedding(context.key):
             self._start_embedding(context)
             return
@@ -399,7 +401,7 @@ class SamWidget(Container):
         self.session.cache = EmbeddingCache(int(self.advanced.cache_items.value), disk_dir=folder)
 
     def _start_embedding(self, context: SliceContext) -> None:
-        if self.task.is_running or context.key == self._cancelled_key:
+        if self.task.is_running:
             return
         layer, slice_index = context.image_layer, context.slice_index
 
@@ -417,7 +419,6 @@ class SamWidget(Container):
         )
 
     def _start_decoding(self, context: SliceContext) -> None:
-        self._cancelled_key = None
         self.decoder.request(context)
 
     def _show_preview(self, context: SliceContext, predictions: list) -> None:

@@ -20,7 +20,7 @@ import torch
 
 from napari_segany.image_conversion import to_uint8_rgb
 from napari_segany.sam.box_nms import box_area, non_maximum_suppression
-from napari_segany.sam.mask_records import MaskCandidates, paint_labels
+from napari_segany.sam.mask_records import MaskCandidates, paint_labels, records_to_label_image
 from napari_segany.sam.point_decoding import PointPromptDecoder
 from napari_segany.sam.prompt_grid import (
     build_all_layer_point_grids,
@@ -29,6 +29,13 @@ from napari_segany.sam.prompt_grid import (
 )
 from napari_segany.sam.small_regions import postprocess_small_regions
 from napari_segany.sam.tiling import global_contrast_limits, merge_across_tiles
+
+__all__ = [
+    "SamAutomaticMaskGenerator",
+    "SegmentEverythingResult",
+    "records_to_label_image",
+    "segment_everything",
+]
 
 Progress = Generator[tuple[int, int], None, Any]
 
@@ -43,10 +50,11 @@ class SamAutomaticMaskGenerator:
     ----------
     model
         A loaded SAM model (``napari_segany.sam.load_sam`` or the official package) or a
-        ``SamPredictor``. A predictor whose embedding is already set for an image of the same
-        size as the one passed to :meth:`generate` is reused without recomputing it (it must be
-        the embedding of that image); its embedding is restored afterwards when crops or tiles
-        replaced it (where the predictor supports ``get_embedding_state``).
+        ``SamPredictor``. With ``reuse_embedding=True``, a predictor whose embedding is already
+        set for an image of the same size as the one passed to :meth:`generate` is used without
+        recomputing it: it must then be the embedding of that very image (e.g. the current
+        slice's, set from a cache just before). The predictor's embedding is restored afterwards
+        when crops or tiles replaced it (where it supports ``get_embedding_state``).
     points_per_side
         Grid points along each side (``points_per_side**2`` prompts), or None with
         ``point_grids``.
@@ -78,6 +86,9 @@ class SamAutomaticMaskGenerator:
         :func:`napari_segany.sam.tiling.merge_across_tiles`).
     tile_merge_iou
         IoU within the overlap of two tiles above which two masks are one object.
+    reuse_embedding
+        Keyword-only, default False (the embedding is always computed). Use a predictor's current
+        embedding for the whole image (see ``model``); never reused with tiles.
     upscale_chunk_bytes
         Memory budget for full-resolution logits upscaled at once.
     """
@@ -102,6 +113,7 @@ class SamAutomaticMaskGenerator:
         tile_size: int | None = None,
         tile_overlap: int = 256,
         tile_merge_iou: float = 0.5,
+        reuse_embedding: bool = False,
         upscale_chunk_bytes: int = 256 * 2**20,
     ) -> None:
         if (points_per_side is None) == (point_grids is None):
@@ -132,6 +144,7 @@ class SamAutomaticMaskGenerator:
         self.tile_size = tile_size
         self.tile_overlap = tile_overlap
         self.tile_merge_iou = tile_merge_iou
+        self.reuse_embedding = reuse_embedding
         self.upscale_chunk_bytes = upscale_chunk_bytes
 
     @property
@@ -184,8 +197,8 @@ class SamAutomaticMaskGenerator:
         saved_state = self.decoder.save_embedding()
         try:
             if len(tiles) == 1:
-                rgb = to_uint8_rgb(image, contrast_limits)
-                reuse = self.decoder.has_embedding_for(shape)
+                rgb = to_uint8_rgb(np.asarray(image), contrast_limits)
+                reuse = self.reuse_embedding and self.decoder.has_embedding_for(shape)
                 candidates = yield from self._whole_image(rgb, progress, reuse_embedding=reuse)
             else:
                 limits = global_contrast_limits(image, contrast_limits)
@@ -324,6 +337,8 @@ def segment_everything(
         A loaded SAM model or a ``SamPredictor`` (see :class:`SamAutomaticMaskGenerator`).
     image
         (H, W) grayscale or (H, W, 3|4) RGB(A), any dtype. One 2D slice: loop over stacks.
+        Any array with ``shape`` and numpy slicing (numpy, dask, zarr): tiles are read one at a
+        time.
     contrast_limits
         Intensities mapped to 0 and 255 (the napari layer's), the same for every tile.
     tile_size, tile_overlap
@@ -332,8 +347,9 @@ def segment_everything(
     **generator_options
         Any :class:`SamAutomaticMaskGenerator` parameter.
     """
-    image = np.asarray(image)
-    if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[-1] not in (1, 3, 4)):
+    if not hasattr(image, "shape"):
+        image = np.asarray(image)
+    if len(image.shape) not in (2, 3) or (len(image.shape) == 3 and image.shape[-1] not in (1, 3, 4)):
         raise ValueError(
             f"segment_everything takes one 2D slice, (H, W) or (H, W, 3|4); got shape {image.shape}"
         )

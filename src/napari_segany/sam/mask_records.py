@@ -145,11 +145,11 @@ def stability_score(
 
 
 def crop_to_boxes(masks: torch.Tensor, boxes: torch.Tensor) -> list[torch.Tensor]:
-    """Cut each (H, W) bool mask of (N, H, W) ``masks`` to its (N, 4) inclusive box (CPU copies)."""
-    crops = []
-    for mask, (x0, y0, x1, y1) in zip(masks, boxes.tolist(), strict=True):
-        crops.append(mask[y0 : y1 + 1, x0 : x1 + 1].cpu().clone())
-    return crops
+    """Cut each (H, W) bool mask of (N, H, W) ``masks`` to its (N, 4) inclusive box (copies)."""
+    return [
+        mask[y0 : y1 + 1, x0 : x1 + 1].clone()
+        for mask, (x0, y0, x1, y1) in zip(masks, boxes.tolist(), strict=True)
+    ]
 
 
 def records_to_label_image(records: list[dict[str, Any]], shape: tuple[int, int]) -> np.ndarray:

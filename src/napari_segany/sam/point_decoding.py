@@ -121,7 +121,7 @@ class PointPromptDecoder:
             del logits
             boxes = masks_to_boxes(masks)
             inside = ~boxes_near_crop_edge(boxes, crop_box, image_box)
-            boxes, masks = boxes[inside].cpu(), masks[inside]
+            boxes, masks = boxes[inside].cpu(), masks[inside].cpu()  # one transfer per chunk
             chosen = chosen[passed.to(chosen.device)][inside.to(chosen.device)].cpu()
             parts.append(
                 MaskCandidates(
@@ -142,10 +142,10 @@ class PointPromptDecoder:
             apply_coords = predictor.transform.apply_coords
         transformed = apply_coords(points, original_size)
         device = getattr(predictor, "device", None) or predictor.model.device
-        coords = torch.as_tensor(transformed, device=device)
-        if hasattr(predictor.model, "decode"):
-            coords = coords.float()
-        return coords
+        # The official decoder gets float64 points, as from its own generator; ours float32
+        # (MPS has no float64).
+        dtype = torch.float32 if hasattr(predictor.model, "decode") else None
+        return torch.as_tensor(transformed, dtype=dtype, device=device)
 
     def _decode(
         self, coords: torch.Tensor, labels: torch.Tensor

@@ -143,7 +143,9 @@ class SamPredictor:
             resized = transforms.resize_longest_side(rgb, size)
         if not resized.flags.writeable:  # PIL hands out read-only arrays
             resized = resized.copy()
-        pixels = torch.from_numpy(np.ascontiguousarray(resized)).to(self.device).permute(2, 0, 1)[None]
+        pixels = (
+            torch.from_numpy(np.ascontiguousarray(resized)).to(self.device).permute(2, 0, 1)[None]
+        )
         self.set_torch_image(pixels, rgb.shape[:2])
 
     @torch.inference_mode()
@@ -346,13 +348,15 @@ class SamPredictor:
         """
         self._require_image()
         size = self.model.image_size
-        masks = low_res_logits
+        batch, channels = low_res_logits.shape[:2]
+        # (B * C, L, L): resizing many single-channel maps is several times faster than (B, C, L, L).
+        masks = low_res_logits.reshape(batch * channels, *low_res_logits.shape[2:])
         if self.preprocessing.resize != "square":
-            masks = F.interpolate(masks, (size, size), mode="bilinear", align_corners=False)
-            masks = masks[..., : self.input_size[0], : self.input_size[1]]
+            masks = transforms.resize_bilinear(masks, (size, size))
+            masks = masks[:, : self.input_size[0], : self.input_size[1]]
         if tuple(masks.shape[-2:]) != self.original_size:
-            masks = F.interpolate(masks, self.original_size, mode="bilinear", align_corners=False)
-        return masks
+            masks = transforms.resize_bilinear(masks, self.original_size)
+        return masks.reshape(batch, channels, *masks.shape[-2:])
 
     # -- validation --------------------------------------------------------------------------
 

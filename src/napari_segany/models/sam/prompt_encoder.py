@@ -98,13 +98,15 @@ class PromptEncoder(nn.Module):
     def reset_buffers(self) -> None:
         """Recompute the cached dense positional encoding from the current weights."""
         with torch.no_grad():
-            pe = self.pe_layer.grid(*self.image_embedding_size)
-            self.dense_pe = pe[None].to(
-                device=self.no_mask_embed.weight.device, dtype=self.no_mask_embed.weight.dtype
-            )
+            pe = self.pe_layer.grid(*self.image_embedding_size).to(self.no_mask_embed.weight.dtype)
+            # Channels-last memory (the decoder's layout), (1, C, h, w) shape (the original API).
+            self.dense_pe = pe.permute(1, 2, 0).contiguous().permute(2, 0, 1)[None]
 
     def get_dense_pe(self) -> torch.Tensor:
-        """Positional encoding of the image embedding grid: (1, embed_dim, h, w), cached."""
+        """Positional encoding of the image embedding grid: (1, embed_dim, h, w), cached.
+
+        Stored channels last, so the decoder's (h * w, embed_dim) view of it costs no copy.
+        """
         return self.dense_pe
 
     def _embed_points(self, points: torch.Tensor, labels: torch.Tensor, pad: bool) -> torch.Tensor:

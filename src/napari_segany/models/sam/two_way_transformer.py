@@ -72,10 +72,17 @@ class DownsampledAttention(nn.Module):
             "bthd,hdc->bhtc", q, self.k_proj.weight.view(heads, head_dim, channels)
         )
         folded = folded.reshape(batch, heads * n_tokens, channels) * head_dim**-0.5
-        if image_keys.shape[0] == 1 and batch > 1:  # one image for many prompts: one big product
-            folded = folded.reshape(1, batch * heads * n_tokens, channels)
-        probs = torch.softmax(folded @ image_keys.transpose(1, 2), dim=-1)
-        mixed = (probs @ image_values).reshape(batch, heads, n_tokens, channels)
+        # Logits are computed as (image, token) -- the fast product layout -- then transposed so the
+        # softmax runs over the long, contiguous image axis.
+        if image_keys.shape[0] == 1:  # one image for every prompt: a single product
+            logits = F.linear(image_keys[0], folded.reshape(batch * heads * n_tokens, channels))
+            probs = torch.softmax(logits.t().contiguous(), dim=-1)
+            mixed = probs @ image_values[0]
+        else:
+            logits = torch.bmm(image_keys, folded.transpose(1, 2))
+            probs = torch.softmax(logits.transpose(1, 2).contiguous(), dim=-1)
+            mixed = torch.bmm(probs, image_values)
+        mixed = mixed.reshape(batch, heads, n_tokens, channels)
         # Values: softmax rows sum to one, so the projection (and its bias) applies after mixing.
         out = torch.einsum(
             "bhtc,hdc->bthd", mixed, self.v_proj.weight.view(heads, head_dim, channels)
@@ -84,9 +91,13 @@ class DownsampledAttention(nn.Module):
         return self.out_proj(out.reshape(batch, n_tokens, heads * head_dim))
 
     def image_to_tokens(
-        self, image_queries: torch.Tensor, tokens: torch.Tensor, token_values: torch.Tensor
+        self,
+        image_queries: torch.Tensor,
+        tokens: torch.Tensor,
+        token_values: torch.Tensor,
+        residual: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Many image queries attend to few token keys; same result as ``forward``.
+        """Many image queries attend to few token keys; same result as ``forward`` (+ residual).
 
         Parameters
         ----------
@@ -94,6 +105,8 @@ class DownsampledAttention(nn.Module):
             (B or 1, N, C) image tokens with positional encoding.
         tokens, token_values
             (B, T, C) keys and values.
+        residual
+            (B or 1, N, C) added to the result, if given.
 
         Returns
         -------
@@ -108,21 +121,34 @@ class DownsampledAttention(nn.Module):
         folded = torch.einsum(
             "hdc,bthd->bcht", self.q_proj.weight.view(heads, head_dim, channels), k
         )
-        folded = folded.reshape(batch, channels, heads * n_tokens)
         query_bias = torch.einsum("hd,bthd->bht", self.q_proj.bias.view(heads, head_dim), k)
-        logits = image_queries @ folded + query_bias.reshape(batch, 1, heads * n_tokens)
-        n_image = logits.shape[1]
-        probs = torch.softmax(logits.view(batch, n_image, heads, n_tokens), dim=-1)
+        n_image = image_queries.shape[1]
+        # Logits as (image, head * token) -- the fast product layout -- then transposed so the
+        # softmax over the few tokens runs on a (head, token, image) array, vectorised over images.
+        if image_queries.shape[0] == 1:
+            columns = folded.permute(1, 0, 2, 3).reshape(channels, batch * heads * n_tokens)
+            logits = torch.addmm(query_bias.reshape(-1), image_queries[0], columns).t()
+        else:
+            logits = torch.baddbmm(
+                query_bias.reshape(batch, 1, heads * n_tokens),
+                image_queries,
+                folded.reshape(batch, channels, heads * n_tokens),
+            ).transpose(1, 2)
+        logits = logits.contiguous().view(batch, heads, n_tokens, n_image)
+        probs = torch.softmax(logits, dim=2).view(batch, heads * n_tokens, n_image)
         # Fold the output projection into the values: out = sum_h P_h (V_h W_o,h^T) + b_o.
         out_weight = self.out_proj.weight.view(channels, heads, head_dim)
         projected_values = torch.einsum("bthd,chd->bhtc", v, out_weight).reshape(
             batch, heads * n_tokens, channels
         )
-        return torch.baddbmm(
-            self.out_proj.bias.expand(batch, 1, channels),
-            probs.reshape(batch, n_image, heads * n_tokens),
-            projected_values,
-        )
+        # The output bias rides along as one more value row with probability 1 everywhere, and the
+        # residual is accumulated by the product itself: no extra pass over the (N, C) result.
+        probs = torch.cat([probs, probs.new_ones(batch, 1, n_image)], dim=1)
+        bias = self.out_proj.bias.to(projected_values.dtype).expand(batch, 1, channels)
+        projected_values = torch.cat([projected_values, bias], dim=1)
+        if residual is None:
+            return torch.bmm(probs.transpose(1, 2), projected_values)
+        return torch.baddbmm(residual, probs.transpose(1, 2), projected_values)
 
 
 class TwoWayAttentionBlock(nn.Module):
@@ -177,7 +203,9 @@ class TwoWayAttentionBlock(nn.Module):
         queries = self.norm3(queries + self.mlp(queries))
 
         q = queries + query_pe
-        keys = self.norm4(keys + self.cross_attn_image_to_token.image_to_tokens(k, q, queries))
+        keys = self.norm4(
+            self.cross_attn_image_to_token.image_to_tokens(k, q, queries, residual=keys)
+        )
         return queries, keys
 
 

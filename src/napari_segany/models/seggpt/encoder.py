@@ -99,6 +99,10 @@ class SegGptLayer(nn.Module):
         prompt, target = tokens
         group = tokens.group
         half = target.shape[1]
+        if group == 1:  # nothing shared: one block over whole stacked inputs (larger products)
+            hidden = self._forward_whole(torch.cat((prompt, target), dim=1), first_query_row)
+            prompt_rows = half - first_query_row
+            return SplitTokens(hidden[:, :prompt_rows], hidden[:, prompt_rows:])
         attention = self.attention
         qkv_target = attention.project_qkv(self.layernorm_before(target))
         if group > 1:
@@ -115,6 +119,14 @@ class SegGptLayer(nn.Module):
         prompt = prompt + self.mlp(self.layernorm_after(prompt))
         target = target + self.mlp(self.layernorm_after(target))
         return SplitTokens(prompt, target)
+
+    def _forward_whole(self, hidden: torch.Tensor, first_query_row: int) -> torch.Tensor:
+        """(B, rows, cols, C) -> (B, rows - first_query_row, cols, C), no ensemble."""
+        rows = hidden.shape[1]
+        query_rows = slice(first_query_row, rows) if first_query_row else None
+        update = self.attention(self.layernorm_before(hidden), query_rows)
+        hidden = hidden[:, first_query_row:] + update
+        return hidden + self.mlp(self.layernorm_after(hidden))
 
 
 class SegGptEncoder(nn.Module):
