@@ -1,0 +1,34 @@
+"""The napari-segany operations for scripted napari sessions, without clicking.
+
+Everything here takes napari layers (or arrays) and returns or writes labels; the widgets call the
+same functions. Importing this module imports napari.
+
+SAM (see the README for a walk-through)::
+
+    from napari_segany.scripting import load_session, segment_layers_with_sam
+    session = load_session("sam-vit-b")
+    labels = segment_layers_with_sam(viewer.layers["cells"], viewer.layers["points"], model=session)
+
+SegGPT::
+
+    from napari_segany.scripting import segment_layers_with_seggpt
+    labels = segment_layers_with_seggpt(viewer.layers["cells"], viewer.layers["painted"])
+"""
+
+from napari_segany._napari.sam_scripting import (
+    load_session,
+    propagate_label_through_stack,
+    segment_everything_in_layer,
+    segment_layers_with_sam,
+)
+from napari_segany._napari.seggpt_layers import segment_layers_with_seggpt
+from napari_segany.seggpt.propagation import segment_stack_with_seggpt
+
+__all__ = [
+    "load_session",
+    "propagate_label_through_stack",
+    "segment_everything_in_layer",
+    "segment_layers_with_sam",
+    "segment_layers_with_seggpt",
+    "segment_stack_with_seggpt",
+]
