@@ -53,8 +53,15 @@ def synthetic_image(size: int, seed: int = 0) -> np.ndarray:
     for _ in range(n_blobs):
         cy, cx = rng.integers(0, size, 2)
         radius = int(rng.integers(size // 200 + 3, size // 25 + 5))
-        y0, y1, x0, x1 = max(cy - radius, 0), min(cy + radius, size), max(cx - radius, 0), min(cx + radius, size)
-        disc = (np.arange(y0, y1)[:, None] - cy) ** 2 + (np.arange(x0, x1)[None, :] - cx) ** 2 < radius**2
+        y0, y1, x0, x1 = (
+            max(cy - radius, 0),
+            min(cy + radius, size),
+            max(cx - radius, 0),
+            min(cx + radius, size),
+        )
+        disc = (np.arange(y0, y1)[:, None] - cy) ** 2 + (
+            np.arange(x0, x1)[None, :] - cx
+        ) ** 2 < radius**2
         image[y0:y1, x0:x1][disc] = rng.integers(0, 255, 3)
     image += rng.normal(0, 6, image.shape).astype(np.float32)
     return np.clip(image, 0, 255).astype(np.uint8)
@@ -82,9 +89,16 @@ def install_torchvision_stand_in() -> None:
     def resize(image, size, *args, **kwargs):
         return image.resize((size[1], size[0]), Image.BILINEAR)
 
-    modules = {name: types.ModuleType(name) for name in (
-        "torchvision", "torchvision.ops", "torchvision.ops.boxes",
-        "torchvision.transforms", "torchvision.transforms.functional")}
+    modules = {
+        name: types.ModuleType(name)
+        for name in (
+            "torchvision",
+            "torchvision.ops",
+            "torchvision.ops.boxes",
+            "torchvision.transforms",
+            "torchvision.transforms.functional",
+        )
+    }
     modules["torchvision.ops.boxes"].batched_nms = batched_nms
     modules["torchvision.ops.boxes"].box_area = box_area
     modules["torchvision.transforms.functional"].resize = resize
@@ -121,7 +135,12 @@ def write_random_weights(model_name: str, path: Path, seed: int) -> None:
                 value = 0.05 * noise
             elif "rel_pos" in name or "pos_embed" in name:
                 value = 0.1 * noise
-            elif tensor.ndim >= 2 and name.endswith("weight") and "embed" not in name and "token" not in name:
+            elif (
+                tensor.ndim >= 2
+                and name.endswith("weight")
+                and "embed" not in name
+                and "token" not in name
+            ):
                 value = noise / float(np.prod(tensor.shape[1:])) ** 0.5
             else:
                 value = noise
@@ -189,26 +208,63 @@ def run_worker(args: argparse.Namespace) -> dict:
         "embedding_cpu_seconds": embedding_seconds[1],
         "n_masks": len(records),
         "boxes": sorted(tuple(r["bbox"]) + (r["area"],) for r in records),
+        "by_point": {json.dumps(r["point_coords"]): [r["bbox"], r["area"]] for r in records},
         "peak_rss_mb": peak_mb,
         "rss_increase_mb": max(0.0, peak_mb - baseline_mb),
-        "cuda_peak_mb": torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else None,
+        "cuda_peak_mb": torch.cuda.max_memory_allocated() / 2**20
+        if device.type == "cuda"
+        else None,
     }
 
 
 # -- parent ----------------------------------------------------------------------------------------------
 def run_child(args: argparse.Namespace, impl: str, size: int, weights: Path) -> dict | None:
     command = [
-        sys.executable, __file__, "--worker", "--impl", impl, "--size", str(size),
-        "--weights", str(weights), "--model", args.model, "--device", args.device,
-        "--precision", args.precision, "--points-per-side", str(args.points_per_side),
-        "--points-per-batch", str(batch_size(args, impl, size)),
+        sys.executable,
+        __file__,
+        "--worker",
+        "--impl",
+        impl,
+        "--size",
+        str(size),
+        "--weights",
+        str(weights),
+        "--model",
+        args.model,
+        "--device",
+        args.device,
+        "--precision",
+        args.precision,
+        "--points-per-side",
+        str(args.points_per_side),
+        "--points-per-batch",
+        str(batch_size(args, impl, size)),
     ]
     done = subprocess.run(command, capture_output=True, text=True)
     for line in done.stdout.splitlines():
         if line.startswith("RESULT "):
-            return json.loads(line[len("RESULT "):])
+            return json.loads(line[len("RESULT ") :])
     sys.stderr.write(f"{impl} at {size} failed:\n{done.stderr[-3000:]}\n")
     return None
+
+
+def compare_masks(ref: dict, ours: dict) -> str:
+    """Match kept masks by the prompt point that made them; how far boxes and areas differ."""
+    common = set(ref["by_point"]) & set(ours["by_point"])
+    if not common:
+        return f"no mask from the same prompt point ({ref['n_masks']} vs {ours['n_masks']} kept)"
+    box_diff = max(
+        max(abs(a - b) for a, b in zip(ref["by_point"][k][0], ours["by_point"][k][0], strict=True))
+        for k in common
+    )
+    area_diff = max(
+        abs(ref["by_point"][k][1] - ours["by_point"][k][1]) / max(ref["by_point"][k][1], 1)
+        for k in common
+    )
+    return (
+        f"{len(common)} of {ref['n_masks']} reference masks kept by ours from the same point "
+        f"({ours['n_masks']} kept); box corners differ by <= {box_diff} px, areas by <= {100 * area_diff:.2f}%"
+    )
 
 
 def batch_size(args: argparse.Namespace, impl: str, size: int) -> int:
@@ -220,14 +276,20 @@ def batch_size(args: argparse.Namespace, impl: str, size: int) -> int:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--model", default="sam-vit-b", choices=sorted(OFFICIAL_KIND))
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--precision", default="auto", help="ours: auto|fp32|bf16|fp16 (reference: fp32)")
+    parser.add_argument(
+        "--precision", default="auto", help="ours: auto|fp32|bf16|fp16 (reference: fp32)"
+    )
     parser.add_argument("--sizes", type=int, nargs="+", default=[1024, 4096])
     parser.add_argument("--points-per-side", type=int, default=32)
     parser.add_argument("--points-per-batch", type=int, default=64)
-    parser.add_argument("--tiled", action="store_true", help="also run ours tiled at full resolution")
+    parser.add_argument(
+        "--tiled", action="store_true", help="also run ours tiled at full resolution"
+    )
     parser.add_argument("--no-reference", action="store_true", help="skip the official generator")
     parser.add_argument("--quick", action="store_true", help="8 points per side (64 prompts)")
     parser.add_argument("--seed", type=int, default=0)
@@ -244,15 +306,19 @@ def main() -> None:
 
     import torch
 
-    print(f"model {args.model} (random weights), device {args.device}, ours precision {args.precision}, "
-          f"{args.points_per_side}x{args.points_per_side} points, torch threads {torch.get_num_threads()}, "
-          f"load average {os.getloadavg()[0]:.1f}")
+    print(
+        f"model {args.model} (random weights), device {args.device}, ours precision {args.precision}, "
+        f"{args.points_per_side}x{args.points_per_side} points, torch threads {torch.get_num_threads()}, "
+        f"load average {os.getloadavg()[0]:.1f}"
+    )
     with tempfile.TemporaryDirectory() as folder:
         weights = Path(folder) / f"{args.model}-random.pth"
         write_random_weights(args.model, weights, args.seed)
         impls = ([] if args.no_reference else ["reference"]) + ["ours"]
-        header = (f"{'size':>6} {'impl':<11} {'time s':>8} {'embed s':>8} {'CPU s':>8} {'embed CPU':>9} "
-                  f"{'masks':>6} {'peak RSS MB':>12} {'+RSS MB':>8} {'CUDA MB':>8}")
+        header = (
+            f"{'size':>6} {'impl':<11} {'time s':>8} {'embed s':>8} {'CPU s':>8} {'embed CPU':>9} "
+            f"{'masks':>6} {'peak RSS MB':>12} {'+RSS MB':>8} {'CUDA MB':>8}"
+        )
         print(header)
         for size in args.sizes:
             results = {}
@@ -261,18 +327,31 @@ def main() -> None:
                 if result is None:
                     continue
                 results[impl] = result
-                cuda = f"{result['cuda_peak_mb']:.0f}" if result["cuda_peak_mb"] is not None else "-"
-                print(f"{size:>6} {impl:<11} {result['seconds']:>8.2f} {result['embedding_seconds']:>8.2f} "
-                      f"{result['cpu_seconds']:>8.2f} {result['embedding_cpu_seconds']:>9.2f} {result['n_masks']:>6} {result['peak_rss_mb']:>12.0f} {result['rss_increase_mb']:>8.0f} {cuda:>8}",
-                      flush=True)
+                cuda = (
+                    f"{result['cuda_peak_mb']:.0f}" if result["cuda_peak_mb"] is not None else "-"
+                )
+                print(
+                    f"{size:>6} {impl:<11} {result['seconds']:>8.2f} {result['embedding_seconds']:>8.2f} "
+                    f"{result['cpu_seconds']:>8.2f} {result['embedding_cpu_seconds']:>9.2f} {result['n_masks']:>6} {result['peak_rss_mb']:>12.0f} {result['rss_increase_mb']:>8.0f} {cuda:>8}",
+                    flush=True,
+                )
             if "reference" in results and "ours" in results:
                 ref, ours = results["reference"], results["ours"]
                 same = ref["boxes"] == ours["boxes"]
-                for unit, total, embed in (("wall", "seconds", "embedding_seconds"), ("CPU", "cpu_seconds", "embedding_cpu_seconds")):
+                for unit, total, embed in (
+                    ("wall", "seconds", "embedding_seconds"),
+                    ("CPU", "cpu_seconds", "embedding_cpu_seconds"),
+                ):
                     rest = (ref[total] - ref[embed]) / max(ours[total] - ours[embed], 1e-9)
-                    print(f"{size:>6} ratio reference/ours ({unit} time): {ref[total] / ours[total]:.2f}x total, "
-                          f"{rest:.2f}x excluding embeddings", flush=True)
-                print(f"{size:>6} same kept masks (boxes and areas): {same}", flush=True)
+                    print(
+                        f"{size:>6} ratio reference/ours ({unit} time): {ref[total] / ours[total]:.2f}x total, "
+                        f"{rest:.2f}x excluding embeddings",
+                        flush=True,
+                    )
+                print(
+                    f"{size:>6} same kept masks (boxes and areas): {same}; {compare_masks(ref, ours)}",
+                    flush=True,
+                )
 
 
 if __name__ == "__main__":

@@ -365,7 +365,9 @@ def test_predictor_embedding_is_reused_and_restored():
     records = SamAutomaticMaskGenerator(predictor, points_per_side=8).generate(other)
     assert predictor.set_image_calls == 6 + 2 and predictor.image is image  # computed, restored
     flipped = {(x, 200 - y - h - 1, w, h) for x, y, w, h in (r["bbox"] for r in records)}
-    reused = SamAutomaticMaskGenerator(predictor, points_per_side=8, reuse_embedding=True).generate(image)
+    reused = SamAutomaticMaskGenerator(predictor, points_per_side=8, reuse_embedding=True).generate(
+        image
+    )
     assert flipped == {tuple(r["bbox"]) for r in reused}
 
 
@@ -374,3 +376,32 @@ def test_invalid_options(disc_sam):
         SamAutomaticMaskGenerator(disc_sam, points_per_side=None)
     with pytest.raises(ValueError, match="tile_size"):
         SamAutomaticMaskGenerator(disc_sam, tile_size=100, tile_overlap=100)
+
+
+def test_tiled_run_with_this_packages_tiny_model(tiny_sam_model):
+    from napari_segany.sam import SamPredictor
+
+    predictor = SamPredictor(tiny_sam_model)
+    image = np.random.default_rng(0).integers(0, 4000, (150, 260), dtype=np.uint16)
+    predictor.set_image(image[:128, :128])
+    before = predictor.get_image_embedding().clone()
+    options = {"points_per_side": 4, "pred_iou_thresh": 0.0, "stability_score_thresh": 0.0}
+    steps, result = drain(
+        segment_everything(predictor, image, tile_size=128, tile_overlap=32, **options)
+    )
+    assert steps[-1] == (2 * 3 * 2, 2 * 3 * 2)  # 6 tiles: one embedding + one batch each
+    assert result.labels.shape == image.shape and result.labels.dtype == np.int32
+    assert result.labels.max() == len(result.records) >= 1
+    assert torch.equal(predictor.get_image_embedding(), before)  # the user's embedding is back
+
+
+def test_automatic_module_pulls_no_gui():
+    import subprocess
+
+    code = "import sys, napari_segany.sam.automatic; print(' '.join(sys.modules))"
+    loaded = set(
+        subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, check=True
+        ).stdout.split()
+    )
+    assert not {"napari", "qtpy", "PyQt5", "magicgui"} & loaded

@@ -328,3 +328,17 @@ def test_all_islands_small_keeps_the_largest():
     mask[10:13, 10:13] = True
     cleaned, changed = remove_small_regions(mask, 50, "islands")
     assert changed and cleaned.sum() == 9 and cleaned[11, 11]
+
+
+def test_global_contrast_limits_are_the_whole_images():
+    from napari_segany.image_conversion import to_uint8_rgb
+    from napari_segany.sam.tiling import global_contrast_limits
+
+    image = np.linspace(0, 5000, 200 * 300).reshape(200, 300).astype(np.uint16)
+    limits = global_contrast_limits(image, None)
+    expected = to_uint8_rgb(image)
+    tile = to_uint8_rgb(image[100:, 150:], limits)  # a tile scales like the whole image
+    np.testing.assert_array_equal(tile, expected[100:, 150:])
+    assert global_contrast_limits(image, (1, 2)) == (1.0, 2.0)
+    assert global_contrast_limits(image.astype(np.uint8), None) is None
+    assert global_contrast_limits(np.full((4, 4), 0.5), None) == (0.0, 1.0)

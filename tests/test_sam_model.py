@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from napari_segany.models.sam.image_encoder import window_partition, window_unpartition
+from napari_segany.models.sam.image_encoder import EncoderBlock
 from napari_segany.sam import load_sam
 from tests.fixtures_sam import TINY_IMAGE_SIZE, TINY_LOW_RES
 
@@ -151,13 +151,21 @@ def test_reduced_precision_is_close_to_float32(tiny_sam_hf_folder, tiny_sam_mode
     assert (iou.float() - ref_iou).abs().max() < 0.1 * ref_iou.abs().max() + 0.05
 
 
-@pytest.mark.parametrize("size", [(8, 8), (7, 10), (64, 64)])
-def test_window_partition_round_trip(size):
-    x = torch.randn(2, *size, 5)
-    windows, padded = window_partition(x, 3)
-    assert windows.shape[1:] == (3, 3, 5)
-    assert padded == (-(-size[0] // 3) * 3, -(-size[1] // 3) * 3)
-    torch.testing.assert_close(window_unpartition(windows, 3, padded, size), x)
+@pytest.mark.parametrize(("grid", "window"), [((7, 10), 3), ((6, 6), 3), ((5, 4), 0)])
+def test_encoder_block_matches_official_block(grid, window):
+    """Windowed (with and without padding) and global blocks against segment_anything's Block."""
+    from tests.fixtures_sam import import_segment_anything, randomize_weights
+
+    Block = import_segment_anything().modeling.image_encoder.Block
+    official = Block(
+        16, 2, mlp_ratio=2.0, use_rel_pos=True, window_size=window, input_size=grid
+    ).eval()
+    randomize_weights(official, seed=3)
+    ours = EncoderBlock(16, 2, 32, window_size=window, grid_size=grid, layer_norm_eps=1e-5).eval()
+    ours.load_state_dict(official.state_dict(), strict=True)
+    x = torch.randn(2, *grid, 16, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), official(x), atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("grid", [(33, 33), (32, 40), (5, 7)])
@@ -167,6 +175,7 @@ def test_cpu_attention_matches_masked_sdpa(grid):
     from napari_segany.models.sam.rel_pos_attention import (
         CPU_CHUNKED_MIN_TOKENS,
         rel_pos_attention_cpu,
+        rel_pos_attention_sdpa,
     )
 
     gen = torch.Generator().manual_seed(0)
@@ -180,3 +189,21 @@ def test_cpu_attention_matches_masked_sdpa(grid):
     got = rel_pos_attention_cpu(q, k, v, rel_h, rel_w, grid)
     assert (tokens >= CPU_CHUNKED_MIN_TOKENS) == (grid != (5, 7))
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(rel_pos_attention_sdpa(q, k, v, rel_h, rel_w, grid), expected)
+
+
+@pytest.mark.gpu
+def test_cuda_matches_cpu(tiny_sam_hf_folder, tiny_sam_model):
+    model = load_sam(tiny_sam_hf_folder, device="cuda", precision="fp32")
+    pixels = _pixels(5)
+    points, labels, boxes, masks = _prompts("box+points+mask")
+    with torch.no_grad():
+        expected = tiny_sam_model.embed_image(pixels)
+        embedding = model.embed_image(pixels.cuda())
+        torch.testing.assert_close(embedding.cpu(), expected, atol=1e-3, rtol=1e-3)
+        low_res, iou = model.decode(
+            embedding, points.cuda(), labels.cuda(), boxes.cuda(), masks.cuda()
+        )
+        ref_low_res, ref_iou = tiny_sam_model.decode(expected, points, labels, boxes, masks)
+    torch.testing.assert_close(low_res.cpu(), ref_low_res, atol=1e-3, rtol=1e-3)
+    torch.testing.assert_close(iou.cpu(), ref_iou, atol=1e-3, rtol=1e-3)

@@ -189,3 +189,18 @@ def test_model_rejects_wrong_shapes_and_types(tiny_model):
     state = tiny_model.encode_prompts(good, good)
     with pytest.raises(ValueError, match=r"\(B, 3, 32, 32\)"):
         tiny_model(torch.zeros(1, 1, HALF, HALF), state)
+
+
+def test_ensemble_computes_the_shared_target_half_once_per_target(tiny_model):
+    """With N prompts the MLP sees N prompt halves but only one target half per target."""
+    prompts = torch.randn(3, 3, HALF, HALF, generator=torch.Generator().manual_seed(1))
+    state = tiny_model.encode_prompts(prompts, prompts)
+    batches: list[int] = []
+    hook = tiny_model.encoder.layers[-2].mlp.register_forward_hook(
+        lambda module, args, out: batches.append(args[0].shape[0])
+    )
+    try:
+        tiny_model(torch.randn(2, 3, HALF, HALF), state)
+    finally:
+        hook.remove()
+    assert sorted(batches) == [2, 6]  # 2 targets x 3 prompts, and the 2 shared target halves

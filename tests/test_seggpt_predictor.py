@@ -165,3 +165,22 @@ def test_reset_prompts(tiny_seggpt_predictor):
     tiny_seggpt_predictor.reset_prompts()
     with pytest.raises(RuntimeError):
         tiny_seggpt_predictor.predict(np.zeros((8, 8), np.uint8))
+
+
+@pytest.mark.parametrize("num_labels", [3, 63, 64, 700])  # direct below 64 colours, else matmul
+def test_nearest_palette_colour_matches_brute_force(num_labels):
+    import torch
+
+    from napari_segany.seggpt.predictor import nearest_palette_colour
+
+    rng = np.random.default_rng(num_labels)
+    palette = build_palette(num_labels)
+    colours = rng.uniform(0, 255, (40, 30, 3)).astype(np.float32)
+    colours[:5] = palette[rng.integers(0, num_labels + 1, (5, 30))]  # exact hits (ties at 0)
+    expected, distance = rgb_to_labels(colours, palette)
+    labels, squared = nearest_palette_colour(
+        torch.from_numpy(colours), torch.from_numpy(palette.astype(np.float32)), pixel_chunk=256
+    )
+    agree = labels.numpy() == expected
+    assert agree.mean() > 0.999 and agree[:5].all()
+    np.testing.assert_allclose(np.sqrt(squared.numpy())[agree], distance[agree], atol=1e-3)

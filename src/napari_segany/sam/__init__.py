@@ -46,6 +46,9 @@ _LAZY = {
     "SamPredictor": "napari_segany.sam.predictor",
     "SamEmbedding": "napari_segany.sam.predictor",
     "SamAutomaticMaskGenerator": "napari_segany.sam.automatic",
+    "SegmentEverythingResult": "napari_segany.sam.automatic",
+    "segment_everything": "napari_segany.sam.automatic",
+    "records_to_label_image": "napari_segany.sam.automatic",
 }
 
 

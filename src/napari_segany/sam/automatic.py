@@ -129,7 +129,9 @@ class SamAutomaticMaskGenerator:
         if points_per_batch < 1:
             raise ValueError(f"points_per_batch must be >= 1, got {points_per_batch}")
         if tile_size is not None and tile_size <= tile_overlap:
-            raise ValueError(f"tile_size ({tile_size}) must be larger than tile_overlap ({tile_overlap})")
+            raise ValueError(
+                f"tile_size ({tile_size}) must be larger than tile_overlap ({tile_overlap})"
+            )
         self.decoder = PointPromptDecoder(model)
         self.points_per_batch = points_per_batch
         self.pred_iou_thresh = pred_iou_thresh
@@ -179,7 +181,10 @@ class SamAutomaticMaskGenerator:
         steps = 0
         for tile in self._tiles(image_shape):
             tile_shape = (tile[3] - tile[1], tile[2] - tile[0])
-            for _, layer in zip(*generate_crop_boxes(tile_shape, self.crop_n_layers, self.crop_overlap_ratio), strict=True):
+            for _, layer in zip(
+                *generate_crop_boxes(tile_shape, self.crop_n_layers, self.crop_overlap_ratio),
+                strict=True,
+            ):
                 steps += 1 + math.ceil(len(self.point_grids[layer]) / self.points_per_batch)
         return steps
 
@@ -291,7 +296,9 @@ class SamAutomaticMaskGenerator:
             candidates = candidates.select(keep)
         if x0 or y0:
             candidates = candidates.shifted(x0, y0)
-        candidates.crop_boxes = torch.as_tensor([crop_box] * len(candidates), dtype=torch.long).reshape(-1, 4)
+        candidates.crop_boxes = torch.as_tensor(
+            [crop_box] * len(candidates), dtype=torch.long
+        ).reshape(-1, 4)
         return candidates
 
 
@@ -349,7 +356,9 @@ def segment_everything(
     """
     if not hasattr(image, "shape"):
         image = np.asarray(image)
-    if len(image.shape) not in (2, 3) or (len(image.shape) == 3 and image.shape[-1] not in (1, 3, 4)):
+    if len(image.shape) not in (2, 3) or (
+        len(image.shape) == 3 and image.shape[-1] not in (1, 3, 4)
+    ):
         raise ValueError(
             f"segment_everything takes one 2D slice, (H, W) or (H, W, 3|4); got shape {image.shape}"
         )

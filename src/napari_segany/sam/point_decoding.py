@@ -155,7 +155,12 @@ class PointPromptDecoder:
         predictor = self.predictor
         model = predictor.model
         if hasattr(model, "decode"):
-            return (*model.decode(predictor.get_image_embedding(), coords, labels, multimask_output=True), None)
+            return (
+                *model.decode(
+                    predictor.get_image_embedding(), coords, labels, multimask_output=True
+                ),
+                None,
+            )
         if hasattr(model, "prompt_encoder") and hasattr(model, "mask_decoder"):
             sparse, dense = model.prompt_encoder(points=(coords, labels), boxes=None, masks=None)
             low_res, iou = model.mask_decoder(

@@ -17,6 +17,8 @@ import torch
 from napari_segany.image_conversion import ROBUST_PERCENTILES
 from napari_segany.sam.mask_records import MaskCandidates
 
+_MAX_SAMPLES = 2**24
+
 
 def global_contrast_limits(
     image: np.ndarray, contrast_limits: tuple[float, float] | None
@@ -24,17 +26,20 @@ def global_contrast_limits(
     """Contrast limits that make every tile scale like the whole image would.
 
     Returns the given limits; else None where :func:`to_uint8_rgb` needs none (uint8, bool);
-    else (0, 1) for floats within [0, 1]; else the whole image's robust percentiles.
+    else (0, 1) for floats within [0, 1]; else the whole image's robust percentiles (estimated
+    from at most ~16 million evenly strided pixels, so memory stays bounded).
     """
     if contrast_limits is not None:
         return (float(contrast_limits[0]), float(contrast_limits[1]))
-    image = np.asarray(image)
-    if image.dtype in (np.uint8, np.bool_):
+    if np.dtype(image.dtype) in (np.uint8, np.bool_):
         return None
-    values = image[np.isfinite(image)] if np.issubdtype(image.dtype, np.floating) else image
+    stride = max(1, int(np.ceil(np.sqrt(np.prod(image.shape[:2]) / _MAX_SAMPLES))))
+    sample = np.asarray(image[::stride, ::stride])
+    is_float = np.issubdtype(sample.dtype, np.floating)
+    values = sample[np.isfinite(sample)] if is_float else sample
     if values.size == 0:
         raise ValueError("image has no finite values")
-    if np.issubdtype(image.dtype, np.floating) and values.min() >= 0.0 and values.max() <= 1.0:
+    if is_float and values.min() >= 0.0 and values.max() <= 1.0:
         return (0.0, 1.0)
     low, high = np.percentile(values, ROBUST_PERCENTILES)
     return (float(low), float(high))
@@ -59,7 +64,9 @@ def merge_across_tiles(
         One mask per object; scores, point and crop box from its largest member.
     """
     candidates = MaskCandidates.concatenate([found for _, found in parts])
-    tile_of = np.concatenate([np.full(len(found), t) for t, (_, found) in enumerate(parts)] or [np.zeros(0)])
+    tile_of = np.concatenate(
+        [np.full(len(found), t) for t, (_, found) in enumerate(parts)] or [np.zeros(0)]
+    )
     tile_of = tile_of.astype(np.int64)
     pairs = []
     for a in range(len(parts)):

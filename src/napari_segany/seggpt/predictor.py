@@ -302,19 +302,60 @@ class SegGptPredictor:
         std = torch.tensor(self.std, device=painted.device).view(3, 1, 1)
         colours = torch.clip((painted.float() * std + mean) * 255, 0, 255).permute(1, 2, 0)
         palette = torch.from_numpy(self.palette.astype(np.float32)).to(painted.device)
-        best = torch.full(colours.shape[:2], float("inf"), device=painted.device)
-        labels = torch.zeros(colours.shape[:2], dtype=torch.int64, device=painted.device)
-        for start in range(0, len(palette), 256):  # chunks keep memory bounded for big palettes
-            dist = ((colours[:, :, None, :] - palette[start : start + 256]) ** 2).sum(-1)
-            chunk_best, chunk_index = dist.min(dim=-1)
-            closer = chunk_best < best
-            best = torch.where(closer, chunk_best, best)
-            labels = torch.where(closer, chunk_index + start, labels)
+        labels, best = nearest_palette_colour(colours, palette)
         stacked = torch.stack((labels.float(), best.sqrt()))[None]
         if tuple(stacked.shape[2:]) != tuple(shape):
             stacked = F.interpolate(stacked, size=tuple(shape), mode="nearest")
         labels_np = stacked[0, 0].round().to(torch.int32).cpu().numpy()
         return labels_np, stacked[0, 1].cpu().numpy().astype(np.float32)
+
+
+DIRECT_DECODE_MAX_COLOURS = 64
+"""Palettes up to this size are decoded with the direct squared distance, exactly as
+transformers' post-processing does; larger ones through a matrix product (fast, and equal up to
+float rounding in near-ties)."""
+
+
+def nearest_palette_colour(
+    colours: torch.Tensor, palette: torch.Tensor, *, pixel_chunk: int = 8192
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Index of, and squared distance to, the nearest palette colour of every pixel.
+
+    Parameters
+    ----------
+    colours
+        (H, W, 3) float32 colours in 8-bit units.
+    palette
+        (K + 1, 3) float32 colours.
+
+    Returns
+    -------
+    labels
+        (H, W) int64 index of the nearest colour (the first one on exact ties).
+    squared
+        (H, W) float32 squared Euclidean distance to it.
+    """
+    if len(palette) <= DIRECT_DECODE_MAX_COLOURS:
+        best = torch.full(colours.shape[:2], float("inf"), device=colours.device)
+        labels = torch.zeros(colours.shape[:2], dtype=torch.int64, device=colours.device)
+        red, green, blue = colours.unbind(-1)
+        for index, (r, g, b) in enumerate(palette.tolist()):
+            squared = (red - r) ** 2 + (green - g) ** 2 + (blue - b) ** 2
+            closer = squared < best
+            best = torch.where(closer, squared, best)
+            labels.masked_fill_(closer, index)
+        return labels, best
+    flat = colours.reshape(-1, 3)
+    norms = (palette**2).sum(-1)
+    labels = torch.empty(flat.shape[0], dtype=torch.int64, device=flat.device)
+    for start in range(0, flat.shape[0], pixel_chunk):  # bounded memory for big palettes
+        chunk = flat[start : start + pixel_chunk]
+        # |c - p|^2 = |c|^2 - 2 c.p + |p|^2, and |c|^2 does not change the argmin.
+        labels[start : start + pixel_chunk] = torch.addmm(norms, chunk, palette.T, alpha=-2).argmin(
+            -1
+        )
+    squared = ((flat - palette[labels]) ** 2).sum(-1)
+    return labels.reshape(colours.shape[:2]), squared.reshape(colours.shape[:2])
 
 
 def _per_image(

@@ -7,7 +7,6 @@ checkpoint loads without renaming; other layouts are renamed by the loader.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .layers import FeedForward, LayerNorm2d
@@ -49,53 +48,16 @@ class EncoderBlock(nn.Module):
             num_heads,
             qkv_bias=qkv_bias,
             use_rel_pos=use_rel_pos,
-            grid_size=(window_size, window_size) if window_size > 0 else grid_size,
+            window_size=window_size,
+            grid_size=grid_size,
         )
         self.norm2 = nn.LayerNorm(embed_dim, eps=layer_norm_eps)
         self.mlp = FeedForward(embed_dim, mlp_dim, nn.GELU)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, H, W, C) -> (B, H, W, C)."""
-        shortcut = x
-        x = self.norm1(x)
-        if self.window_size > 0:
-            height, width = x.shape[1], x.shape[2]
-            windows, padded = window_partition(x, self.window_size)
-            x = window_unpartition(self.attn(windows), self.window_size, padded, (height, width))
-        else:
-            x = self.attn(x)
-        x = shortcut + x
+        x = x + self.attn(self.norm1(x))
         return x + self.mlp(self.norm2(x))
-
-
-def window_partition(x: torch.Tensor, window_size: int) -> tuple[torch.Tensor, tuple[int, int]]:
-    """Split (B, H, W, C) into (B * n_windows, window, window, C), zero-padding bottom and right.
-
-    Returns the windows and the padded (height, width).
-    """
-    batch, height, width, channels = x.shape
-    pad_h = (window_size - height % window_size) % window_size
-    pad_w = (window_size - width % window_size) % window_size
-    if pad_h or pad_w:
-        x = F.pad(x, (0, 0, 0, pad_w, 0, pad_h))
-    hp, wp = height + pad_h, width + pad_w
-    x = x.view(batch, hp // window_size, window_size, wp // window_size, window_size, channels)
-    windows = x.permute(0, 1, 3, 2, 4, 5).reshape(-1, window_size, window_size, channels)
-    return windows, (hp, wp)
-
-
-def window_unpartition(
-    windows: torch.Tensor, window_size: int, padded: tuple[int, int], size: tuple[int, int]
-) -> torch.Tensor:
-    """Inverse of :func:`window_partition`: (B * n_windows, w, w, C) -> (B, H, W, C), padding cut."""
-    hp, wp = padded
-    height, width = size
-    batch = windows.shape[0] // ((hp // window_size) * (wp // window_size))
-    x = windows.view(batch, hp // window_size, wp // window_size, window_size, window_size, -1)
-    x = x.permute(0, 1, 3, 2, 4, 5).reshape(batch, hp, wp, -1)
-    if hp > height or wp > width:
-        x = x[:, :height, :width, :]
-    return x
 
 
 class ImageEncoderViT(nn.Module):

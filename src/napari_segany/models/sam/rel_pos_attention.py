@@ -28,7 +28,11 @@ CPU_QUERY_ROWS = 256
 class RelPosAttention(nn.Module):
     """Multi-head self-attention of a (B, H, W, C) grid with decomposed relative position bias.
 
-    Parameter names (``qkv``, ``proj``, ``rel_pos_h``, ``rel_pos_w``) follow the original release.
+    With ``window_size > 0`` attention runs within non-overlapping windows; the grid is padded at
+    the bottom and right to whole windows. As in the original, padded tokens take part in the
+    attention as zero inputs; their projections (the qkv bias) are filled in directly, so the
+    projections run only on real tokens. Parameter names (``qkv``, ``proj``, ``rel_pos_h``,
+    ``rel_pos_w``) follow the original release.
     """
 
     def __init__(
@@ -38,45 +42,92 @@ class RelPosAttention(nn.Module):
         *,
         qkv_bias: bool = True,
         use_rel_pos: bool = True,
+        window_size: int = 0,
         grid_size: tuple[int, int],
     ) -> None:
         super().__init__()
         self.num_heads = num_heads
+        self.window_size = window_size
         head_dim = embed_dim // num_heads
         self.qkv = nn.Linear(embed_dim, embed_dim * 3, bias=qkv_bias)
         self.proj = nn.Linear(embed_dim, embed_dim)
         self.use_rel_pos = use_rel_pos
         if use_rel_pos:
-            self.rel_pos_h = nn.Parameter(torch.zeros(2 * grid_size[0] - 1, head_dim))
-            self.rel_pos_w = nn.Parameter(torch.zeros(2 * grid_size[1] - 1, head_dim))
+            rel_grid = (window_size, window_size) if window_size > 0 else grid_size
+            self.rel_pos_h = nn.Parameter(torch.zeros(2 * rel_grid[0] - 1, head_dim))
+            self.rel_pos_w = nn.Parameter(torch.zeros(2 * rel_grid[1] - 1, head_dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, H, W, C) -> (B, H, W, C); B counts windows for windowed attention."""
+        """(B, H, W, C) -> (B, H, W, C)."""
         batch, height, width, channels = x.shape
-        tokens = height * width
         heads = self.num_heads
-        # (3, B * heads, N, head_dim), contiguous.
-        qkv = self.qkv(x).reshape(batch, tokens, 3, heads, -1).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv.reshape(3, batch * heads, tokens, -1).unbind(0)
-        if not self.use_rel_pos:
-            out = F.scaled_dot_product_attention(q, k, v)
-        else:
-            rel_h, rel_w = decomposed_rel_pos_terms(
-                q, self.rel_pos_h, self.rel_pos_w, (height, width), (height, width)
+        head_dim = channels // heads
+        qkv = self.qkv(x)
+        if self.window_size > 0:
+            size = self.window_size
+            qkv, (padded_h, padded_w) = self._pad_to_windows(qkv)
+            n_h, n_w = padded_h // size, padded_w // size
+            # (B, n_h, size, n_w, size, 3, heads, d) -> (3, B * n_h * n_w * heads, size * size, d)
+            qkv = qkv.view(batch, n_h, size, n_w, size, 3, heads, head_dim).permute(
+                5, 0, 1, 3, 6, 2, 4, 7
             )
-            if x.device.type == "cpu":
-                out = rel_pos_attention_cpu(q, k, v, rel_h, rel_w, (height, width))
-            else:
-                bias = (rel_h[:, :, :, None] + rel_w[:, :, None, :]).reshape(
-                    batch * heads, tokens, tokens
-                )
-                out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
-        out = (
-            out.reshape(batch, heads, height, width, -1)
-            .permute(0, 2, 3, 1, 4)
-            .reshape(batch, height, width, channels)
-        )
+            q, k, v = qkv.reshape(3, -1, size * size, head_dim).unbind(0)
+            grid = (size, size)
+        else:
+            qkv = qkv.reshape(batch, height * width, 3, heads, head_dim).permute(2, 0, 3, 1, 4)
+            q, k, v = qkv.reshape(3, batch * heads, height * width, head_dim).unbind(0)
+            grid = (height, width)
+        out = self._attend(q, k, v, grid)
+        if self.window_size > 0:
+            out = out.view(batch, n_h, n_w, heads, size, size, head_dim).permute(
+                0, 1, 4, 2, 5, 3, 6
+            )
+            out = out.reshape(batch, padded_h, padded_w, channels)[:, :height, :width]
+        else:
+            out = out.view(batch, heads, height, width, head_dim).permute(0, 2, 3, 1, 4)
+            out = out.reshape(batch, height, width, channels)
         return self.proj(out)
+
+    def _pad_to_windows(self, qkv: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
+        """Pad (B, H, W, 3C) projections to whole windows with the projection of a zero token."""
+        batch, height, width, channels = qkv.shape
+        size = self.window_size
+        padded_h, padded_w = -(-height // size) * size, -(-width // size) * size
+        if (padded_h, padded_w) == (height, width):
+            return qkv, (height, width)
+        fill = self.qkv.bias if self.qkv.bias is not None else qkv.new_zeros(channels)
+        full = qkv.new_empty(batch, padded_h, padded_w, channels)
+        full[:, :height, :width] = qkv
+        full[:, height:] = fill
+        full[:, :height, width:] = fill
+        return full, (padded_h, padded_w)
+
+    def _attend(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, grid: tuple[int, int]
+    ) -> torch.Tensor:
+        """(BH, N, d) queries, keys, values of an (H, W) grid -> (BH, N, d)."""
+        if not self.use_rel_pos:
+            return F.scaled_dot_product_attention(q, k, v)
+        rel_h, rel_w = decomposed_rel_pos_terms(q, self.rel_pos_h, self.rel_pos_w, grid, grid)
+        if q.device.type == "cpu":
+            return rel_pos_attention_cpu(q, k, v, rel_h, rel_w, grid)
+        return rel_pos_attention_sdpa(q, k, v, rel_h, rel_w, grid)
+
+
+def rel_pos_attention_sdpa(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    rel_h: torch.Tensor,
+    rel_w: torch.Tensor,
+    grid: tuple[int, int],
+) -> torch.Tensor:
+    """Same as :func:`rel_pos_attention_cpu`, through ``scaled_dot_product_attention`` with the
+    bias as an additive mask (fused kernels on CUDA)."""
+    tokens = grid[0] * grid[1]
+    bias = (rel_h[:, :, :, None] + rel_w[:, :, None, :]).reshape(1, -1, tokens, tokens)
+    # 4D (1, BH, N, d) inputs: the layout the fused CUDA kernels with a float mask expect.
+    return F.scaled_dot_product_attention(q[None], k[None], v[None], attn_mask=bias)[0]
 
 
 def rel_pos_attention_cpu(
