@@ -51,6 +51,20 @@ def transformers_config(arch: SamArchitecture):
     )
 
 
+def randomize(model: torch.nn.Module) -> None:
+    """Random weights of a realistic scale (transformers' SAM init is ~1e-10 for the encoder)."""
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            noise = torch.randn(param.shape, generator=generator)
+            if "norm" in name and name.endswith("weight"):
+                param.copy_(1 + 0.1 * noise)
+            elif param.ndim >= 2 and "embed" not in name and "token" not in name:
+                param.copy_(noise / param[0].numel() ** 0.5)
+            else:
+                param.copy_(0.05 * noise)
+
+
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -114,10 +128,7 @@ def main() -> None:
 
     torch.manual_seed(0)
     reference = SamModel(transformers_config(arch)).eval()
-    with torch.no_grad():  # make the random weights non-trivial (reference inits are ~0)
-        for name, param in reference.named_parameters():
-            if "rel_pos" in name or "pos_embed" in name:
-                param.normal_(0, 0.02)
+    randomize(reference)
     state = rename_transformers_keys(reference.state_dict())
     ours = build_with_weights(
         lambda: build_sam(arch, name=args.model), state, device=device, dtype=dtype
@@ -153,7 +164,10 @@ def main() -> None:
     if ref_embedding is not None:
         with torch.inference_mode():
             diff = (ours.embed_image(pixels).float() - ref_embedding.float()).abs().max().item()
-        print(f"max |difference| of the embeddings at {DTYPE_NAMES[dtype]}: {diff:.3g}")
+        scale = ref_embedding.float().abs().max().item()
+        print(
+            f"max |difference| of the embeddings at {DTYPE_NAMES[dtype]}: {diff:.3g} (max |value| {scale:.3g})"
+        )
     for key, value in results.items():
         if key != "ours":
             print(f"ratio this / {key}: {results['ours'] / value:.3f}")

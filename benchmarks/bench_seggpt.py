@@ -75,7 +75,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--precision", default="auto")
-    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1])
+    parser.add_argument(
+        "--batch-sizes",
+        type=int,
+        nargs="+",
+        default=None,
+        help="targets per forward to time (default: 1 on the CPU, 1 2 4 8 16 32 on CUDA)",
+    )
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument(
         "--prompts",
@@ -91,6 +97,8 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     dtype = resolve_dtype(args.precision, device)
+    if args.batch_sizes is None:
+        args.batch_sizes = [1, 2, 4, 8, 16, 32] if device.type == "cuda" else [1]
     arch = SegGptArchitecture.from_dict(SEGGPT_MODELS["seggpt-vit-l"].architecture)
     half_h, half_w = arch.half_size
     print(

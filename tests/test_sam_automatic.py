@@ -161,6 +161,15 @@ def test_same_masks_as_official_generator(official, disc_sam, options):
     assert_same_records(ours, theirs)
 
 
+def test_uncompressed_rle_output_equals_official(official, disc_sam):
+    image = _image((70, 90), seed=4)
+    options = {"points_per_side": 8, "output_mode": "uncompressed_rle"}
+    theirs = official.SamAutomaticMaskGenerator(disc_sam, **options).generate(image)
+    ours = SamAutomaticMaskGenerator(disc_sam, **options).generate(image)
+    assert len(theirs) >= 3
+    assert [r["segmentation"] for r in ours] == [r["segmentation"] for r in theirs]
+
+
 def test_chunked_upscaling_and_official_predictor_input(official, disc_sam):
     image = _image((80, 80), seed=3)
     theirs = official.SamAutomaticMaskGenerator(disc_sam, points_per_side=10).generate(image)

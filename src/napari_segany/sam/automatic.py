@@ -20,7 +20,12 @@ import torch
 
 from napari_segany.image_conversion import to_uint8_rgb
 from napari_segany.sam.box_nms import box_area, non_maximum_suppression
-from napari_segany.sam.mask_records import MaskCandidates, paint_labels, records_to_label_image
+from napari_segany.sam.mask_records import (
+    MaskCandidates,
+    mask_to_uncompressed_rle,
+    paint_labels,
+    records_to_label_image,
+)
 from napari_segany.sam.point_decoding import PointPromptDecoder
 from napari_segany.sam.prompt_grid import (
     build_all_layer_point_grids,
@@ -75,6 +80,9 @@ class SamAutomaticMaskGenerator:
         Explicit normalised (N, 2) (x, y) grids, one per crop layer.
     min_mask_region_area
         If > 0, fill holes and remove islands smaller than this (pixels), then NMS again.
+    output_mode
+        ``segmentation`` as an (H, W) bool array (``"binary_mask"``), an uncompressed RLE dict
+        (``"uncompressed_rle"``) or a COCO RLE (``"coco_rle"``, needs pycocotools).
     skip_covered_points
         Keyword-only, default False. Skip grid points that already lie inside a mask kept from an
         earlier batch of the same crop. Faster on crowded images, but changes the result: an
@@ -108,6 +116,7 @@ class SamAutomaticMaskGenerator:
         crop_n_points_downscale_factor: int = 1,
         point_grids: list[np.ndarray] | None = None,
         min_mask_region_area: int = 0,
+        output_mode: str = "binary_mask",
         *,
         skip_covered_points: bool = False,
         tile_size: int | None = None,
@@ -132,6 +141,9 @@ class SamAutomaticMaskGenerator:
             raise ValueError(
                 f"tile_size ({tile_size}) must be larger than tile_overlap ({tile_overlap})"
             )
+        if output_mode not in ("binary_mask", "uncompressed_rle", "coco_rle"):
+            raise ValueError(f"unknown output_mode {output_mode!r}")
+        self.output_mode = output_mode
         self.decoder = PointPromptDecoder(model)
         self.points_per_batch = points_per_batch
         self.pred_iou_thresh = pred_iou_thresh
@@ -174,7 +186,11 @@ class SamAutomaticMaskGenerator:
             ``point_coords`` ([[x, y]]), ``stability_score``, ``crop_box`` (XYWH).
         """
         candidates = _drain(self.iter_candidates(image, contrast_limits))
-        return candidates.to_records(tuple(np.shape(image)[:2]))
+        records = candidates.to_records(tuple(np.shape(image)[:2]))
+        if self.output_mode != "binary_mask":
+            for record in records:
+                record["segmentation"] = _encode(record["segmentation"], self.output_mode)
+        return records
 
     def count_steps(self, image_shape: tuple[int, int]) -> int:
         """Progress steps of :meth:`iter_candidates`: per crop, one embedding plus its batches."""
@@ -373,6 +389,17 @@ def segment_everything(
         record["label"] = label
         records.append(record)
     return SegmentEverythingResult(labels=labels, records=records)
+
+
+def _encode(mask: np.ndarray, output_mode: str) -> dict[str, Any]:
+    rle = mask_to_uncompressed_rle(mask)
+    if output_mode == "uncompressed_rle":
+        return rle
+    from pycocotools import mask as coco_mask  # optional, as in the official package
+
+    encoded = coco_mask.frPyObjects(rle, *rle["size"])
+    encoded["counts"] = encoded["counts"].decode("utf-8")
+    return encoded
 
 
 def _drain(steps: Progress) -> Any:

@@ -121,6 +121,19 @@ class MaskCandidates:
         }
 
 
+def mask_to_uncompressed_rle(mask: np.ndarray) -> dict[str, Any]:
+    """COCO uncompressed run-length encoding of an (H, W) bool mask (column-major runs,
+    starting with a run of False), as the official generator's ``output_mode="uncompressed_rle"``.
+    """
+    height, width = mask.shape
+    flat = np.asarray(mask, dtype=bool).T.ravel()
+    changes = np.flatnonzero(flat[1:] != flat[:-1]) + 1
+    counts = np.diff(np.concatenate([[0], changes, [flat.size]])).tolist()
+    if flat.size and flat[0]:
+        counts = [0, *counts]
+    return {"size": [height, width], "counts": counts}
+
+
 def stability_score(
     logits: torch.Tensor, mask_threshold: float, threshold_offset: float
 ) -> torch.Tensor:
