@@ -136,41 +136,54 @@ def main() -> None:
 
     size = arch.image_size
     pixels = torch.randn(1, 3, size, size, generator=torch.Generator().manual_seed(0)).to(device)
-    results: dict[str, float] = {}
-
-    with torch.inference_mode():
-        t_ours = timed(lambda: ours.embed_image(pixels), device, args.repeats)
-    results["ours"] = statistics.median(t_ours)
-    print(f"embedding  this ({DTYPE_NAMES[dtype]}):          {summary(t_ours)}")
-
     ref_precisions = [p.strip() for p in args.reference_precisions.split(",") if p.strip()]
-    ref_dtypes = []
+    ref_dtypes: list[torch.dtype] = []
     for p in ref_precisions:
         ref_dtype = dtype if p == "same" else resolve_dtype(p, device)
         if ref_dtype not in ref_dtypes:
             ref_dtypes.append(ref_dtype)
-    ref_embedding = None
-    for ref_dtype in ref_dtypes:
-        reference.to(device=device, dtype=ref_dtype)
-        ref_pixels = pixels.to(ref_dtype)
-        with torch.inference_mode():
-            t_ref = timed(
-                lambda x=ref_pixels: reference.get_image_embeddings(x), device, args.repeats
-            )
-            if ref_dtype == dtype:
-                ref_embedding = reference.get_image_embeddings(ref_pixels)
-        results[f"transformers {DTYPE_NAMES[ref_dtype]}"] = statistics.median(t_ref)
-        print(f"embedding  transformers ({DTYPE_NAMES[ref_dtype]}):  {summary(t_ref)}")
-    if ref_embedding is not None:
-        with torch.inference_mode():
-            diff = (ours.embed_image(pixels).float() - ref_embedding.float()).abs().max().item()
-        scale = ref_embedding.float().abs().max().item()
-        print(
-            f"max |difference| of the embeddings at {DTYPE_NAMES[dtype]}: {diff:.3g} (max |value| {scale:.3g})"
+    references = {}
+    for ref_dtype in ref_dtypes:  # one copy per precision, so runs can alternate
+        copy = (
+            reference if ref_dtype == ref_dtypes[-1] else SamModel(transformers_config(arch)).eval()
         )
-    for key, value in results.items():
-        if key != "ours":
-            print(f"ratio this / {key}: {results['ours'] / value:.3f}")
+        if copy is not reference:
+            copy.load_state_dict(reference.state_dict())
+        references[ref_dtype] = copy.to(device=device, dtype=ref_dtype)
+
+    # Runs alternate (this, transformers fp32, transformers bf16, this, ...) so that changes in
+    # the load of a shared machine hit every implementation alike.
+    ref_pixels = {d: pixels.to(d) for d in ref_dtypes}
+    runs: dict[str, list[float]] = {"this": []}
+    runs.update({f"transformers {DTYPE_NAMES[d]}": [] for d in ref_dtypes})
+    with torch.inference_mode():
+        ours.embed_image(pixels)
+        for ref_dtype, model in references.items():
+            model.get_image_embeddings(pixels.to(ref_dtype))
+        for _ in range(args.repeats):
+            runs["this"] += timed(lambda: ours.embed_image(pixels), device, 1, 0)
+            for ref_dtype, model in references.items():
+                runs[f"transformers {DTYPE_NAMES[ref_dtype]}"] += timed(
+                    lambda m=model, x=ref_pixels[ref_dtype]: m.get_image_embeddings(x), device, 1, 0
+                )
+        for name, times in runs.items():
+            print(
+                f"embedding  {name + ' (' + DTYPE_NAMES[dtype] + ')' if name == 'this' else name:22s}: {summary(times)}"
+            )
+        if dtype in references:
+            reference_embedding = references[dtype].get_image_embeddings(pixels.to(dtype)).float()
+            diff = (ours.embed_image(pixels).float() - reference_embedding).abs().max().item()
+            scale = reference_embedding.abs().max().item()
+            print(
+                f"max |difference| of the embeddings at {DTYPE_NAMES[dtype]}: {diff:.3g} (max |value| {scale:.3g})"
+            )
+    for name, times in runs.items():
+        if name != "this":
+            paired = statistics.median(a / b for a, b in zip(runs["this"], times, strict=True))
+            ratio = statistics.median(runs["this"]) / statistics.median(times)
+            print(
+                f"ratio this / {name}: {ratio:.3f} (medians), {paired:.3f} (median of paired runs)"
+            )
 
     # prompt -> mask on a full-size image
     predictor = SamPredictor(ours)
@@ -192,7 +205,7 @@ def main() -> None:
 
     if ref_dtypes:
         ref_dtype = ref_dtypes[-1]
-        reference.to(device=device, dtype=ref_dtype)
+        reference = references[ref_dtype]
         ref_features = features.to(ref_dtype)
         points = torch.tensor([[[[size * 0.4, size * 0.6]]]], device=device)
         labels = torch.ones(1, 1, 1, dtype=torch.int64, device=device)

@@ -122,10 +122,12 @@ def resize_bilinear(masks: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         or masks.device.type != "cpu"
     ):
         return F.interpolate(masks[:, None], size, mode="bilinear", align_corners=False)[:, 0]
-    rows = masks.new_empty(n, height, fy, width)
-    _phase_blend(masks, rows, axis=1, factor=fy)
-    out = masks.new_empty(n, height, fy, width, fx)
-    _phase_blend(rows, out, axis=3, factor=fx)
+    # Columns first, on the small input (interleaved, strided writes); then rows, whose phases
+    # are whole contiguous output rows.
+    columns = masks.new_empty(n, height, width, fx)
+    _phase_blend(masks, columns, axis=2, factor=fx)
+    out = masks.new_empty(n, height, fy, width * fx)
+    _phase_blend(columns.view(n, height, width * fx), out, axis=1, factor=fy)
     return out.view(n, size[0], size[1])
 
 

@@ -22,7 +22,7 @@ from ..relative_position import decomposed_rel_pos_terms
 
 # Above this many tokens (global attention), the CPU path works in query-row chunks of one head.
 CPU_CHUNKED_MIN_TOKENS = 1024
-CPU_QUERY_ROWS = 256
+CPU_QUERY_ROWS = 512
 
 
 class RelPosAttention(nn.Module):

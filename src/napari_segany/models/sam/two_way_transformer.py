@@ -34,18 +34,23 @@ class DownsampledAttention(nn.Module):
         self.v_proj = nn.Linear(embed_dim, internal_dim)
         self.out_proj = nn.Linear(internal_dim, embed_dim)
 
+    @staticmethod
+    def _project(layer: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+        """``layer(x)`` for (B, T, C) through a 2D product (3D bf16 inputs take a slow CPU path)."""
+        return layer(x.reshape(-1, x.shape[-1])).view(*x.shape[:-1], -1)
+
     def _split_heads(self, x: torch.Tensor) -> torch.Tensor:
         batch, tokens, _ = x.shape
         return x.reshape(batch, tokens, self.num_heads, self.head_dim).transpose(1, 2)
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """Plain attention: q (B, N_q, C), k and v (B, N_k, C) -> (B, N_q, C)."""
-        q = self._split_heads(self.q_proj(q))
-        k = self._split_heads(self.k_proj(k))
-        v = self._split_heads(self.v_proj(v))
+        q = self._split_heads(self._project(self.q_proj, q))
+        k = self._split_heads(self._project(self.k_proj, k))
+        v = self._split_heads(self._project(self.v_proj, v))
         out = F.scaled_dot_product_attention(q, k, v)
         batch, _, tokens, _ = out.shape
-        return self.out_proj(out.transpose(1, 2).reshape(batch, tokens, -1))
+        return self._project(self.out_proj, out.transpose(1, 2).reshape(batch, tokens, -1))
 
     def tokens_to_image(
         self, tokens: torch.Tensor, image_keys: torch.Tensor, image_values: torch.Tensor
@@ -66,7 +71,7 @@ class DownsampledAttention(nn.Module):
         """
         batch, n_tokens, channels = tokens.shape
         heads, head_dim = self.num_heads, self.head_dim
-        q = self.q_proj(tokens).reshape(batch, n_tokens, heads, head_dim)
+        q = self._project(self.q_proj, tokens).reshape(batch, n_tokens, heads, head_dim)
         # Fold the key projection into the queries; its bias shifts every logit of a row equally.
         folded = torch.einsum(
             "bthd,hdc->bhtc", q, self.k_proj.weight.view(heads, head_dim, channels)
@@ -88,7 +93,7 @@ class DownsampledAttention(nn.Module):
             "bhtc,hdc->bthd", mixed, self.v_proj.weight.view(heads, head_dim, channels)
         )
         out = out + self.v_proj.bias.view(heads, head_dim)
-        return self.out_proj(out.reshape(batch, n_tokens, heads * head_dim))
+        return self._project(self.out_proj, out.reshape(batch, n_tokens, heads * head_dim))
 
     def image_to_tokens(
         self,
@@ -115,8 +120,11 @@ class DownsampledAttention(nn.Module):
         """
         batch, n_tokens, channels = tokens.shape
         heads, head_dim = self.num_heads, self.head_dim
-        k = self.k_proj(tokens).reshape(batch, n_tokens, heads, head_dim) * head_dim**-0.5
-        v = self.v_proj(token_values).reshape(batch, n_tokens, heads, head_dim)
+        k = (
+            self._project(self.k_proj, tokens).reshape(batch, n_tokens, heads, head_dim)
+            * head_dim**-0.5
+        )
+        v = self._project(self.v_proj, token_values).reshape(batch, n_tokens, heads, head_dim)
         # Fold the query projection into the keys: logits = X (W_q^T K^T) + b_q K^T.
         folded = torch.einsum(
             "hdc,bthd->bcht", self.q_proj.weight.view(heads, head_dim, channels), k
@@ -200,7 +208,9 @@ class TwoWayAttentionBlock(nn.Module):
         k = keys + key_pe  # keys do not change until the last step: used twice
         q = queries + query_pe
         queries = self.norm2(queries + self.cross_attn_token_to_image.tokens_to_image(q, k, keys))
-        queries = self.norm3(queries + self.mlp(queries))
+        queries = self.norm3(
+            queries + self.mlp(queries.reshape(-1, queries.shape[-1])).view_as(queries)
+        )
 
         q = queries + query_pe
         keys = self.norm4(
