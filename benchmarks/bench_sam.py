@@ -16,6 +16,7 @@ input, crop, bilinear to the image size, threshold).
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 
@@ -112,6 +113,7 @@ def main() -> None:
     )
     args = parser.parse_args()
 
+    start_load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
@@ -224,8 +226,13 @@ def main() -> None:
             f"ratio prompt->mask this / transformers: {statistics.median(t_pred) / statistics.median(t_ref_pred):.3f}"
         )
     if device.type == "cpu":
+        cores = os.cpu_count() or 1
+        load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+        print(f"load average now: {load} on {cores} cores (at start: {start_load})")
         print(
-            "note: CPU timings depend on other processes sharing the cores; compare runs from one invocation"
+            "note: CPU timings depend on other processes sharing the cores; with a load above the "
+            "core count, multi-threaded (OpenMP) runs of both implementations slow down erratically: "
+            "compare runs from one invocation, or use --threads 1"
         )
 
 

@@ -303,3 +303,16 @@ def test_resize_bilinear_equals_interpolate(shape, size):
         maps[:, None], size, mode="bilinear", align_corners=False
     )[:, 0]
     torch.testing.assert_close(resize_bilinear(maps, size), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_pth_checkpoint_matches_official_predictor(tiny_sam_pth, official_predictor):
+    """The original-layout file, loaded here, against the official predictor on a non-square image."""
+    predictor = SamPredictor(load_sam(tiny_sam_pth, precision="fp32"))
+    image = _image(75, 128, seed=9)
+    predictor.set_image(image)
+    official_predictor.set_image(image)
+    for kind in ("points", "points+box"):
+        ours = predictor.predict(**PROMPTS[kind], return_logits=True)
+        theirs = official_predictor.predict(**PROMPTS[kind], return_logits=True)
+        for a, b in zip(ours, theirs, strict=True):
+            np.testing.assert_allclose(a, b, atol=2e-4, rtol=1e-4)

@@ -48,7 +48,8 @@ def build_sam(
 ) -> Sam:
     """Construct an (uninitialised) SAM model with the given architecture.
 
-    Call under ``torch.device("meta")`` to build without memory, as the loader does.
+    Call under ``torch.device("meta")`` to build without memory, as the loader does. The model
+    keeps ``architecture``, ``name`` and ``preprocessing`` as attributes.
     """
     a = architecture
     grid = a.image_embedding_size
@@ -87,13 +88,15 @@ def build_sam(
         iou_head_depth=a.iou_head_depth,
         iou_head_hidden_dim=a.iou_head_hidden_dim,
     )
-    return Sam(
+    model = Sam(
         image_encoder,
         prompt_encoder,
         mask_decoder,
         name=name,
         preprocessing=preprocessing or SamPreprocessing(),
     )
+    model.architecture = architecture
+    return model
 
 
 def load_sam(
@@ -227,15 +230,13 @@ def _build(
     preprocessing: SamPreprocessing,
     source: str,
 ) -> Sam:
-    model = checkpoints.build_with_weights(
+    return checkpoints.build_with_weights(
         lambda: build_sam(architecture, name=name, preprocessing=preprocessing),
         state,
         device=device,
         dtype=dtype,
         source=source,
     )
-    model.architecture = architecture
-    return model
 
 
 def _resolve_preprocessing(preprocessing: SamPreprocessing | str | None) -> SamPreprocessing | None:

@@ -91,7 +91,7 @@ class PromptEncoder(nn.Module):
         self.register_buffer(
             "dense_pe", torch.empty(1, embed_dim, *self.image_embedding_size), persistent=False
         )
-        self.register_load_state_dict_post_hook(lambda module, _keys: module.reset_buffers())
+        self.register_load_state_dict_post_hook(_reset_buffers_after_load)
         if self.dense_pe.device.type != "meta":
             self.reset_buffers()
 
@@ -175,6 +175,10 @@ class PromptEncoder(nn.Module):
                 batch, -1, *self.image_embedding_size
             )
         return sparse, dense
+
+
+def _reset_buffers_after_load(module: PromptEncoder, _incompatible_keys) -> None:
+    module.reset_buffers()
 
 
 def _batch_size(
