@@ -23,7 +23,14 @@ def test_example_script_propagates_sam_objects_through_the_stack(
     out = tmp_path / "labels.npy"
     example = _load_example()
     labels = example.main(
-        ["--sam", str(tiny_sam_hf_folder), "--seggpt", str(tiny_seggpt_hf_folder), "--save", str(out)]
+        [
+            "--sam",
+            str(tiny_sam_hf_folder),
+            "--seggpt",
+            str(tiny_seggpt_hf_folder),
+            "--save",
+            str(out),
+        ]
     )
     [(stack, _, _)] = make_sample_stack()
     assert labels.shape == stack.shape
