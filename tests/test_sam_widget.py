@@ -1,6 +1,7 @@
 """The Segment Anything dock widget in a real viewer, with a tiny random SAM from a folder."""
 
 import time
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -151,6 +152,42 @@ def test_3d_stack_on_a_non_zero_slice_then_propagate(make_napari_viewer, qtbot, 
     assert not widget.preview_layer.data.any()  # the propagation preview is cleaned up
     labels.undo()  # propagation is one undo step
     assert [z for z in range(5) if (labels.data[z] == 2).any()] == [3]
+
+
+def test_propagate_along_the_chosen_axis_of_a_4d_stack(
+    make_napari_viewer, qtbot, tiny_sam_hf_folder
+):
+    viewer = make_napari_viewer()
+    shape = (4, 3, 32, 32)  # T x Z x Y x X
+    data = np.random.default_rng(3).integers(0, 4000, shape).astype(np.uint16)
+    image = viewer.add_image(data, name="movie")
+    labels = viewer.add_labels(np.zeros(shape, np.int32), name="out")
+    widget = open_widget(viewer, tiny_sam_hf_folder)
+    widget.output_box.value = labels
+    assert widget.advanced.axis.choices == (0, 1)
+    assert widget.advanced.axis.value == 1  # default: the last stack axis (Z), as before
+    viewer.dims.set_current_step(0, 1)
+    viewer.dims.set_current_step(1, 2)
+    add_point(widget, image, (1, 2, 16, 16))
+    wait_for_preview(qtbot, widget)
+    assert widget._shown.slice_index == (1, 2)
+    assert widget.commit() == [1]
+    widget.advanced.axis.value = 0  # propagate through time (T) instead
+    widget.advanced.min_score.value = 0.0
+    widget.advanced.min_area.value = 1
+    widget.propagate()
+    qtbot.waitUntil(lambda: widget.is_idle, timeout=WAIT_MS)
+    assert "label 1 on" in widget.status.value
+    reached = {(t, z) for t in range(4) for z in range(3) if (labels.data[t, z] == 1).any()}
+    assert (1, 2) in reached and len(reached) > 1
+    assert {z for _, z in reached} == {2}, reached  # only the other T of the shown Z
+    # a stack axis that the image lacks is refused, and nothing changes
+    before = labels.data.copy()
+    with pytest.raises(ValueError, match="not a stack axis"):
+        widget.stack_actions.propagate(
+            image, (1, 2), labels, 1, replace(widget.advanced.propagation(), axis=2)
+        )
+    np.testing.assert_array_equal(labels.data, before)
 
 
 def slow_down_embeddings(widget, seconds, calls):

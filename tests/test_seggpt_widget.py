@@ -281,6 +281,67 @@ def test_4d_time_series_of_stacks(qtbot, viewer_and_widget, notes):
     assert all(labels_layer.data[t, z].any() for t in range(2) for z in range(3))
 
 
+class PromptRecorder(SlowRecordingPredictor):
+    """Also records, per ``set_prompts`` call, the foreground mask of every prompt's labels."""
+
+    def __init__(self, inner) -> None:
+        super().__init__(inner)
+        self.prompt_masks: list[list[np.ndarray]] = []
+
+    def set_prompts(self, images, labels, num_labels=None):
+        self.prompt_masks.append([np.asarray(label) != 0 for label in labels])
+        super().set_prompts(images, labels, num_labels=num_labels)
+
+
+def test_video_mode_follows_the_chosen_time_axis_of_a_4d_stack(
+    qtbot, viewer_and_widget, notes, monkeypatch
+):
+    viewer, widget = viewer_and_widget
+    made: list[PromptRecorder] = []
+
+    def wrapped(model, *args):
+        made.append(PromptRecorder(seggpt_predictor(model, *args)))
+        return made[-1]
+
+    monkeypatch.setattr(widget_module, "seggpt_predictor", wrapped)
+    flat, truth = blobs_stack((6, 24, 24))
+    image = flat.reshape(2, 3, 24, 24)  # T x Z x Y x X
+    labels = np.zeros(image.shape, np.int32)
+    labels[0, 1] = truth[1]  # painted: t=0, z=1
+    image_layer = viewer.add_image(image, name="4d")
+    labels_layer = viewer.add_labels(labels, name="painted")
+    choose(widget, target=image_layer, labels=labels_layer, output=labels_layer)
+    assert not widget.time_axis_box.enabled  # only with video mode
+    widget.video_box.value = True
+    assert widget.time_axis_box.enabled
+    assert widget.time_axis_box.choices == (0, 1) and widget.time_axis_box.value == 0
+    # The default (axis 0 = T): each Z is a track; z=1 starts at the painted frame.
+    assert widget.plan().plan == [
+        ((0, 0), None),
+        ((0, 2), None),
+        ((1, 0), (0, 0)),
+        ((1, 1), (0, 1)),
+        ((1, 2), (0, 2)),
+    ]
+    widget.time_axis_box.value = 1  # frames follow each other along Z instead
+    run_and_wait(qtbot, widget, notes)
+    assert not notes.errors, notes.errors
+    # Along Z: t=0 grows out of its painted z=1; t=1 has no painted frame and runs from z=0.
+    assert widget._run.keys == [(1, 0), (0, 0), (0, 2), (1, 1), (1, 2)]
+    # The first three share the painted prompt (one set_prompts); (1, 1) and (1, 2) add a frame.
+    assert made[0].prompt_counts == [1, 2, 2]
+    # That extra prompt is the prediction of the Z neighbour: (1, 0) for (1, 1), (1, 1) for (1, 2).
+    out = labels_layer.data
+    assert not np.array_equal(out[1, 0] != 0, out[0, 1] != 0)  # not the T neighbour's
+    np.testing.assert_array_equal(made[0].prompt_masks[1][-1], out[1, 0] != 0)
+    np.testing.assert_array_equal(made[0].prompt_masks[2][-1], out[1, 1] != 0)
+    assert all(out[t, z].any() for t in range(2) for z in range(3))
+    # A 3D stack has one slice axis: nothing to choose.
+    stack_layer = viewer.add_image(flat, name="3d")
+    widget.target_box.value = stack_layer
+    assert widget.time_axis_box.choices == (0,) and not widget.time_axis_box.enabled
+
+
 def assert_nothing_changed(viewer, snapshot, notes, match):
     assert notes.errors and match in notes.errors[-1], notes.errors
     assert [layer.name for layer in viewer.layers] == list(snapshot)

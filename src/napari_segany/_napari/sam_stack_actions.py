@@ -94,24 +94,28 @@ class SamStackActions:
         *,
         overwrite: bool = False,
     ) -> None:
-        """Carry ``label`` from ``slice_index`` along the last leading axis, in the background.
+        """Carry ``label`` from ``slice_index`` along one leading axis, in the background.
 
-        Each slice's mask is shown in the preview layer as it arrives; the labels layer is
-        written once, as one undo step, when the job returned.
+        The axis is ``settings.axis`` (an index among the image's leading axes, e.g. 0 = T of
+        a T×Z×Y×X image), by default the last one. Each slice's mask is shown in the preview
+        layer as it arrives; the labels layer is written once, as one undo step, when the job
+        returned.
 
         Raises
         ------
         ValueError
-            A 2D image, or ``label`` absent from the slice.
+            A 2D image, an axis that is not a stack axis, or ``label`` absent from the slice.
         """
         lead = glue.n_leading_axes(image)
         if lead == 0:
             raise ValueError("propagation needs a stack (3D or more); this image is 2D")
+        axis = lead - 1 if settings.axis is None else int(settings.axis)
+        if not 0 <= axis < lead:
+            raise ValueError(f"axis {axis} is not a stack axis of this image (it has {lead})")
         slice_index = tuple(int(i) for i in slice_index)
         start_mask = np.asarray(labels.data[slice_index]) == label
         if not start_mask.any():
             raise ValueError(f"label {label} is not on the shown slice; go to a slice that has it")
-        axis = lead - 1
         self.layers.clear_preview()
 
         def show_step(step: PropagationStep) -> None:

@@ -15,8 +15,8 @@ How it works for the user:
   object(s) into the output labels layer with the next free ids (one undo step), without
   overwriting other labels unless *overwrite* is ticked, and clears the prompts;
 - *refine label* > 0 uses that label as SAM's mask prompt and replaces it on commit;
-- *Propagate through stack*, *Precompute stack embeddings* and *Segment everything* are
-  background jobs too.
+- *Propagate through stack* (along the stack axis chosen under *Propagation and cache*),
+  *Precompute stack embeddings* and *Segment everything* are background jobs too.
 """
 
 from __future__ import annotations
@@ -258,6 +258,7 @@ class SamWidget(Container):
         if image is not None:
             self.layers.ensure_prompt_layers(image)
             self.output_box.reset_choices()
+            self.advanced.set_stack_shape(glue.spatial_shape(image)[:-2])
         self.schedule_preview()
 
     # -- prompts ------------------------------------------------------------------------------

@@ -14,15 +14,20 @@ CURRENT_SLICE = "current slice"
 
 @dataclass(frozen=True)
 class PropagationSettings:
-    """Options of *Propagate through stack* (see ``propagate_through_stack``)."""
+    """Options of *Propagate through stack* (see ``propagate_through_stack``).
+
+    ``axis`` is the stack axis to walk along, counted among the image's leading (non-plane) axes:
+    for a T×Z×Y×X image 0 is T and 1 is Z; ``None`` means the last one (Z).
+    """
 
     direction: str = "both"
     min_score: float = 0.5
     min_area: int = 10
     use_mask_prompt: bool = False
+    axis: int | None = None
 
     def as_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments for ``propagate_through_stack``."""
+        """Keyword arguments for ``propagate_through_stack`` (``axis`` picks the slices instead)."""
         return {
             "direction": self.direction,
             "min_score": self.min_score,
@@ -78,11 +83,18 @@ class AdvancedSection(Container):
     """Propagation stop rules and the embedding cache."""
 
     def __init__(self) -> None:
+        self._stack_shape: tuple[int, ...] | None = None
+        self.axis = ComboBox(
+            label="along axis",
+            choices=lambda _widget: stack_axis_choices(self._stack_shape or ()),
+            tooltip="The stack axis Propagate walks along (for T×Z×Y×X: axis 0 is T, axis 1 is "
+            "Z); by default the last one, next to the image plane",
+        )
         self.direction = ComboBox(
             label="propagate",
             choices=["both", "forward", "backward"],
             value="both",
-            tooltip="Direction along the stack's last non-image axis",
+            tooltip="Direction along the chosen stack axis",
         )
         self.min_score = FloatSpinBox(
             label="stop below IoU",
@@ -113,6 +125,7 @@ class AdvancedSection(Container):
         )
         super().__init__(
             widgets=[
+                self.axis,
                 self.direction,
                 self.min_score,
                 self.min_area,
@@ -122,14 +135,35 @@ class AdvancedSection(Container):
             ]
         )
 
+    def set_stack_shape(self, stack_shape: tuple[int, ...]) -> None:
+        """Offer the axes of an image whose leading (non-plane) axes have sizes ``stack_shape``.
+
+        A new shape resets the choice to the last axis (the default); the same shape keeps it.
+        """
+        stack_shape = tuple(int(n) for n in stack_shape)
+        if stack_shape == self._stack_shape:
+            return
+        self._stack_shape = stack_shape
+        self.axis.reset_choices()
+        if stack_shape:
+            self.axis.value = len(stack_shape) - 1
+        self.axis.enabled = len(stack_shape) > 1
+
     def propagation(self) -> PropagationSettings:
         """The propagation settings shown."""
+        axis = self.axis.value
         return PropagationSettings(
             str(self.direction.value),
             float(self.min_score.value),
             int(self.min_area.value),
             bool(self.use_mask_prompt.value),
+            None if axis is None else int(axis),
         )
+
+
+def stack_axis_choices(stack_shape: tuple[int, ...]) -> list[tuple[str, int]]:
+    """ComboBox choices ``("axis i (n slices)", i)`` for the leading axes of an image."""
+    return [(f"axis {i} ({n} slices)", i) for i, n in enumerate(stack_shape)]
 
 
 def collapsible(title: str, content: Container) -> QCollapsible:

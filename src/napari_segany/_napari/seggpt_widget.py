@@ -182,8 +182,15 @@ class SegGptWidget(Container):
         self.video_box = CheckBox(
             text="video: previous frame as extra prompt",
             value=False,
-            tooltip="Each frame also uses the prediction of the frame before it (along the first "
-            "slice axis, outwards from the painted frames) as a prompt: tracks moving objects",
+            tooltip="Each frame also uses the prediction of the frame before it (along the time "
+            "axis, outwards from the painted frames) as a prompt: tracks moving objects",
+        )
+        self._stack_shape: tuple[int, ...] = ()
+        self.time_axis_box = ComboBox(
+            label="time axis",
+            choices=self._time_axis_choices,
+            tooltip="Video mode on a stack with several slice axes: the one that is time (for "
+            "T×Z×Y×X, axis 0 is T and axis 1 is Z); by default the first",
         )
         self.uncertain_box = CheckBox(
             text="leave uncertain pixels unlabelled",
@@ -215,6 +222,7 @@ class SegGptWidget(Container):
                 self.output_box,
                 self.overwrite_box,
                 self.video_box,
+                self.time_axis_box,
                 self.uncertain_box,
                 self.threshold_box,
                 self.model_picker,
@@ -230,6 +238,7 @@ class SegGptWidget(Container):
         self.task.busy_changed.connect(lambda busy: setattr(self.run_button, "enabled", not busy))
         self.slices_box.changed.connect(self._update_enabled)
         self.uncertain_box.changed.connect(self._update_enabled)
+        self.video_box.changed.connect(self._update_enabled)
         self.target_box.changed.connect(self._update_enabled)
         for event in ("inserted", "removed", "moved", "changed"):
             getattr(self.viewer.layers.events, event).connect(self._layers_changed)
@@ -249,6 +258,9 @@ class SegGptWidget(Container):
     def _output_choices(self, _widget: Any = None) -> list[tuple[str, Any]]:
         return [(NEW_LAYER, NEW_LAYER), *self._labels_choices()]
 
+    def _time_axis_choices(self, _widget: Any = None) -> list[tuple[str, int]]:
+        return [(f"axis {i} ({n} slices)", i) for i, n in enumerate(self._stack_shape)]
+
     def _layers_changed(self, *_: Any) -> None:
         self.reset_choices()
         self._update_enabled()
@@ -264,6 +276,12 @@ class SegGptWidget(Container):
             box.max = last
             box.visible = ranged
         self.video_box.enabled = bool(leading)
+        if leading != self._stack_shape:  # another image: offer its axes, first one chosen
+            self._stack_shape = leading
+            self.time_axis_box.reset_choices()
+            if leading:
+                self.time_axis_box.value = 0
+        self.time_axis_box.enabled = bool(self.video_box.value) and len(leading) > 1
         self.threshold_box.enabled = self.uncertain_box.value
 
     def settings(self) -> PropagationSettings:
@@ -271,7 +289,7 @@ class SegGptWidget(Container):
         return PropagationSettings(
             max_prompts=int(self.max_prompts_box.value),
             use_previous_frame=bool(self.video_box.value and self.video_box.enabled),
-            time_axis=0,
+            time_axis=int(self.time_axis_box.value or 0) if self.time_axis_box.enabled else 0,
             uncertainty_threshold=float(self.threshold_box.value)
             if self.uncertain_box.value
             else None,
