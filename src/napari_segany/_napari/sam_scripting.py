@@ -32,6 +32,7 @@ from napari_segany._napari.sam_layers import (
     write_mask_on_slices,
     write_masks,
 )
+from napari_segany.jobs import run_to_completion
 from napari_segany.sam.interactive_session import EmbeddingKey, InteractiveSamSession, SamPrompts
 
 if TYPE_CHECKING:
@@ -218,7 +219,7 @@ def segment_everything_in_layer(
         contrast_limits_of(image_layer),
         options,
     )
-    labels = drain(job)
+    labels = run_to_completion(job)
     return new_labels_layer(image_layer, name, labels)
 
 
@@ -294,7 +295,7 @@ def propagate_label_through_stack(
         start_mask,
         **options,
     )
-    result = drain(job)
+    result = run_to_completion(job)
     write_mask_on_slices(
         labels_layer, along_axis(result.masks, slice_index, axis), label_id, overwrite=overwrite
     )
@@ -311,12 +312,3 @@ def along_axis(
         index[axis] = i
         out[tuple(index)] = mask
     return out
-
-
-def drain(job: Generator) -> Any:
-    """Run a job generator to the end in this thread and return its result."""
-    while True:
-        try:
-            next(job)
-        except StopIteration as stop:
-            return stop.value

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from napari_segany.image_conversion import to_uint8_rgb
+from napari_segany.jobs import run_to_completion
 from napari_segany.sam.box_nms import box_area, non_maximum_suppression
 from napari_segany.sam.mask_records import (
     MaskCandidates,
@@ -185,7 +186,7 @@ class SamAutomaticMaskGenerator:
             ``segmentation`` ((H, W) bool), ``area`` (int), ``bbox`` (XYWH), ``predicted_iou``,
             ``point_coords`` ([[x, y]]), ``stability_score``, ``crop_box`` (XYWH).
         """
-        candidates = _drain(self.iter_candidates(image, contrast_limits))
+        candidates = run_to_completion(self.iter_candidates(image, contrast_limits))
         records = candidates.to_records(tuple(np.shape(image)[:2]))
         if self.output_mode != "binary_mask":
             for record in records:
@@ -400,14 +401,6 @@ def _encode(mask: np.ndarray, output_mode: str) -> dict[str, Any]:
     encoded = coco_mask.frPyObjects(rle, *rle["size"])
     encoded["counts"] = encoded["counts"].decode("utf-8")
     return encoded
-
-
-def _drain(steps: Progress) -> Any:
-    while True:
-        try:
-            next(steps)
-        except StopIteration as stop:
-            return stop.value
 
 
 def _points_covered(points: np.ndarray, covered: np.ndarray) -> np.ndarray:
