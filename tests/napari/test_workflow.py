@@ -7,7 +7,7 @@ import numpy as np
 
 from napari_segany._napari.sample_data import make_sample_stack
 
-EXAMPLE = Path(__file__).parent.parent / "examples" / "sam_to_seggpt.py"
+EXAMPLE = Path(__file__).parents[2] / "examples" / "sam_to_seggpt.py"
 
 
 def _load_example():

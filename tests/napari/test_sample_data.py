@@ -49,7 +49,7 @@ def test_sam_to_seggpt_example_runs_on_the_sample_stack(
     import importlib.util
     from pathlib import Path
 
-    script = Path(__file__).parents[1] / "examples" / "sam_to_seggpt.py"
+    script = Path(__file__).parents[2] / "examples" / "sam_to_seggpt.py"
     spec = importlib.util.spec_from_file_location("sam_to_seggpt", script)
     example = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(example)
