@@ -6,6 +6,8 @@ checkpoint loads without renaming; other layouts are renamed by the loader.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
@@ -108,11 +110,26 @@ class ImageEncoderViT(nn.Module):
             LayerNorm2d(out_channels),
         )
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, 3, image_size, image_size) -> (B, out_channels, grid, grid)."""
+    def forward(
+        self, x: torch.Tensor, *, on_block: Callable[[int, int], None] | None = None
+    ) -> torch.Tensor:
+        """(B, 3, image_size, image_size) -> (B, out_channels, grid, grid).
+
+        Parameters
+        ----------
+        x
+            Normalised, padded images.
+        on_block
+            Called as ``on_block(done, total)`` after each transformer block (``done`` from 1 to
+            ``total = depth``). An exception raised from it aborts the forward and propagates:
+            this is how a long embedding is cancelled within one block.
+        """
         x = self.patch_embed(x)
         if self.pos_embed is not None:
             x = x + self.pos_embed
-        for block in self.blocks:
+        total = len(self.blocks)
+        for done, block in enumerate(self.blocks, start=1):
             x = block(x)
+            if on_block is not None:
+                on_block(done, total)
         return self.neck(x.permute(0, 3, 1, 2))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -66,9 +67,15 @@ class Sam(nn.Module):
     def dtype(self) -> torch.dtype:
         return self.mask_decoder.iou_token.weight.dtype
 
-    def embed_image(self, pixels: torch.Tensor) -> torch.Tensor:
-        """(B, 3, S, S) normalised, padded image -> (B, C, S / patch, S / patch) image embedding."""
-        return self.image_encoder(pixels.to(self.dtype))
+    def embed_image(
+        self, pixels: torch.Tensor, *, on_block: Callable[[int, int], None] | None = None
+    ) -> torch.Tensor:
+        """(B, 3, S, S) normalised, padded image -> (B, C, S / patch, S / patch) image embedding.
+
+        ``on_block(done, total)`` is called after each encoder block; raising from it cancels
+        (see :meth:`ImageEncoderViT.forward`).
+        """
+        return self.image_encoder(pixels.to(self.dtype), on_block=on_block)
 
     def decode(
         self,

@@ -18,6 +18,7 @@ that this module follows the original and that transformers differs.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
@@ -138,7 +139,13 @@ class SegGptEncoder(nn.Module):
         self.layers = nn.ModuleList(SegGptLayer(arch) for _ in range(arch.num_layers))
         self.layernorm = nn.LayerNorm(arch.hidden_size, eps=arch.layer_norm_eps)
 
-    def run_mask_stream(self, tokens: torch.Tensor, *, ensemble: bool) -> SplitTokens:
+    def run_mask_stream(
+        self,
+        tokens: torch.Tensor,
+        *,
+        ensemble: bool,
+        on_block: Callable[[int, int], None] | None = None,
+    ) -> SplitTokens:
         """Run the mask stream through the blocks up to and including the merge block.
 
         The mask stream sees only the prompts' masks (its target half is the mask token), so its
@@ -152,6 +159,9 @@ class SegGptEncoder(nn.Module):
         ensemble
             Average the target half over the N prompts in each block (original rule); its
             target part is then a single (1, rows / 2, cols, C) half.
+        on_block
+            Called as ``on_block(done, total)`` after each block (``total = merge_index + 1``);
+            an exception raised from it aborts the run and propagates (cancellation).
 
         Returns
         -------
@@ -161,12 +171,20 @@ class SegGptEncoder(nn.Module):
         half = tokens.shape[1] // 2
         target = tokens[:1, half:] if ensemble else tokens[:, half:]
         split = SplitTokens(tokens[:, :half], target)
-        for layer in self.layers[: self.arch.merge_index + 1]:
+        layers = self.layers[: self.arch.merge_index + 1]
+        for done, layer in enumerate(layers, start=1):
             split = layer(split)
+            if on_block is not None:
+                on_block(done, len(layers))
         return split
 
     def forward(
-        self, image: SplitTokens, mask_state: SplitTokens, *, keep_rows_from: int = 0
+        self,
+        image: SplitTokens,
+        mask_state: SplitTokens,
+        *,
+        keep_rows_from: int = 0,
+        on_block: Callable[[int, int], None] | None = None,
     ) -> list[torch.Tensor]:
         """Run the image stream, merge it with the mask stream and return the decoder features.
 
@@ -180,6 +198,10 @@ class SegGptEncoder(nn.Module):
         keep_rows_from
             Only return feature rows from this stacked row on (at most ``rows / 2``); blocks
             after the last feature block are skipped and the last one computes only those rows.
+        on_block
+            Called as ``on_block(done, total)`` after each block that runs (``total`` is the
+            last feature index + 1); an exception raised from it aborts the forward and
+            propagates (cancellation within one block).
 
         Returns
         -------
@@ -194,6 +216,8 @@ class SegGptEncoder(nn.Module):
         tokens = image
         for index, layer in enumerate(self.layers[: last + 1]):
             tokens = layer(tokens, first_query_row=keep_rows_from if index == last else 0)
+            if on_block is not None:
+                on_block(index + 1, last + 1)
             if index == arch.merge_index:
                 tokens = _merge_streams(tokens, mask_state)
             if index in arch.feature_indices:

@@ -12,6 +12,7 @@ With several prompts ensembled, the shared target half is computed once per targ
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -96,6 +97,7 @@ class SegGpt(nn.Module):
         *,
         embedding_type: str = "instance",
         feature_ensemble: bool = True,
+        on_block: Callable[[int, int], None] | None = None,
     ) -> SegGptPromptState:
         """Embed the prompts and run the mask stream up to the merge block.
 
@@ -109,6 +111,9 @@ class SegGpt(nn.Module):
         feature_ensemble
             With N > 1, ensemble the prompts into one prediction per target (original SegGPT
             rule); otherwise every prompt gives its own prediction.
+        on_block
+            Called as ``on_block(done, total)`` after each mask-stream block; raising from it
+            cancels (the exception propagates).
         """
         if embedding_type not in EMBEDDING_TYPES:
             raise ValueError(
@@ -128,11 +133,19 @@ class SegGpt(nn.Module):
             prompt_pixels, top=True, embedding_type=embedding_type
         )
         mask_tokens = self.embeddings.embed_mask_stream(prompt_masks, embedding_type=embedding_type)
-        mask_state = self.encoder.run_mask_stream(mask_tokens, ensemble=ensemble)
+        mask_state = self.encoder.run_mask_stream(
+            mask_tokens, ensemble=ensemble, on_block=on_block
+        )
         return SegGptPromptState(tokens, mask_state, embedding_type, ensemble)
 
     @torch.inference_mode()
-    def forward(self, target_pixels: torch.Tensor, prompts: SegGptPromptState) -> torch.Tensor:
+    def forward(
+        self,
+        target_pixels: torch.Tensor,
+        prompts: SegGptPromptState,
+        *,
+        on_block: Callable[[int, int], None] | None = None,
+    ) -> torch.Tensor:
         """Paint the mask of each target.
 
         Parameters
@@ -141,6 +154,9 @@ class SegGpt(nn.Module):
             (T, 3, h, w) ImageNet-normalised target images.
         prompts
             From :meth:`encode_prompts`.
+        on_block
+            Called as ``on_block(done, total)`` after each encoder block; raising from it
+            cancels (the exception propagates).
 
         Returns
         -------
@@ -164,7 +180,10 @@ class SegGpt(nn.Module):
         # The decoder's 3x3 conv reads one pixel row of the prompt half above the target.
         keep_from = half_rows - 1
         features = self.encoder(
-            SplitTokens(prompt, targets), prompts.mask_state, keep_rows_from=keep_from
+            SplitTokens(prompt, targets),
+            prompts.mask_state,
+            keep_rows_from=keep_from,
+            on_block=on_block,
         )
         painted = self.decoder(features)
         return painted[:, :, self.arch.patch_size :]
