@@ -5,6 +5,12 @@ Importing this package is cheap: it imports neither torch nor Qt. The model fami
 :mod:`napari_segany._napari`.
 """
 
-__version__ = "0.1.0"
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as _distribution_version
+
+try:  # the installed distribution's version, which setuptools-scm took from the git tag
+    __version__: str = _distribution_version("napari-segany")
+except PackageNotFoundError:  # running from a source tree that was never installed
+    __version__ = "0.0.0+unknown"
 
 __all__ = ["__version__"]
