@@ -205,7 +205,7 @@ def test_real_tiny_model_session_and_disk_cache(tiny_sam_model, tmp_path):
     (prediction,) = session.predict()
     assert prediction.masks.shape == (3, 48, 64) and prediction.masks.dtype == bool
     assert prediction.scores.shape == (3,) and prediction.low_res_logits.shape[-1] == 32
-    files = list(tmp_path.glob("sam-*.pt"))
+    files = list(tmp_path.glob("sam-embedding-*.safetensors"))
     assert len(files) == 1
     # a new session (e.g. after a restart) reads the embedding from disk instead of encoding
     fresh = InteractiveSamSession(cache=EmbeddingCache(2, disk_dir=tmp_path))

@@ -7,14 +7,17 @@ Public methods take and return numpy arrays in original-image pixels, (x, y) ord
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from napari_segany.errors import explain_out_of_memory
 from napari_segany.image_conversion import to_uint8_rgb
 from napari_segany.sam import transforms
+from napari_segany.sam.mask_upscaling import upscale_into
 from napari_segany.sam.registry import SamPreprocessing
 
 __all__ = ["SamEmbedding", "SamPredictor", "model_identity"]
@@ -42,16 +45,34 @@ class SamEmbedding:
     model_id: str
 
 
+MAX_POINTS_PER_OBJECT = 1024
+"""Most point prompts for one object (SAM was trained with a handful; each point is a token)."""
+BOXES_PER_DECODE = 64
+"""Boxes decoded in one batch of the mask decoder (more are decoded in several batches)."""
+
+
 def model_identity(model: torch.nn.Module) -> str:
-    """A string naming a model's weights, architecture and dtype, stable across sessions."""
-    probes = [
-        model.prompt_encoder.pe_layer.positional_encoding_gaussian_matrix,
-        model.mask_decoder.iou_token.weight,
-        model.image_encoder.patch_embed.proj.bias,
-    ]
-    checksum = ",".join(f"{float(p.detach().double().sum()):.6e}" for p in probes if p is not None)
+    """A string naming a model's weights, architecture, preprocessing and dtype, stable across sessions.
+
+    ``name|dtype|input size|embedding grid|checksum``: the checksum hashes every tensor's name,
+    shape and dtype and a sample of its values (64 evenly spaced elements and the last one), so
+    other weights at the same path or another precision give another identity. Cheap (a few
+    milliseconds for ViT-H), computed once per predictor.
+    """
+    digest = hashlib.blake2b(digest_size=12)
+    digest.update(repr(getattr(model, "preprocessing", None)).encode())
+    for name, tensor in model.state_dict().items():
+        digest.update(f"{name}|{tuple(tensor.shape)}|{tensor.dtype}".encode())
+        flat = tensor.detach().reshape(-1)
+        if flat.numel() == 0 or flat.device.type == "meta":
+            continue
+        step = max(1, flat.numel() // 64)
+        sample = torch.cat([flat[::step][:64], flat[-1:]]).cpu().contiguous()
+        digest.update(sample.view(torch.uint8).numpy().tobytes())
+    dtype = str(model.dtype).removeprefix("torch.")
     embedding = model.prompt_encoder.image_embedding_size
-    return f"{model.name}|{model.dtype}|{model.image_size}|{embedding}|{checksum}"
+    grid = "x".join(str(int(s)) for s in embedding)
+    return f"{model.name}|{dtype}|{model.image_size}|{grid}|{digest.hexdigest()}"
 
 
 class SamPredictor:
@@ -76,6 +97,11 @@ class SamPredictor:
     @property
     def device(self) -> torch.device:
         return self.model.device
+
+    @property
+    def model_id(self) -> str:
+        """:func:`model_identity` of the model (weights checksum, dtype, input size)."""
+        return self._model_id
 
     def reset_image(self) -> None:
         """Forget the current image and its embedding."""
@@ -137,6 +163,7 @@ class SamPredictor:
         """
         rgb = to_uint8_rgb(image, contrast_limits)
         size = self.model.image_size
+        _check_resizable(rgb.shape[:2], size, self.preprocessing.resize)
         if self.preprocessing.resize == "square":
             resized = transforms.resize_square_bicubic(rgb, size)
         else:
@@ -167,7 +194,8 @@ class SamPredictor:
         input_size = (int(transformed_image.shape[2]), int(transformed_image.shape[3]))
         pixels = self._normalize(transformed_image.to(self.device, torch.float32))
         pixels = F.pad(pixels, (0, size - input_size[1], 0, size - input_size[0]))
-        features = self.model.embed_image(pixels)
+        with explain_out_of_memory("computing the image embedding", "use a smaller model"):
+            features = self.model.embed_image(pixels)
         self.features = features
         self.original_size = (int(original_image_size[0]), int(original_image_size[1]))
         self.input_size = input_size
@@ -220,14 +248,16 @@ class SamPredictor:
         mask_input: np.ndarray | None = None,
         multimask_output: bool = True,
         return_logits: bool = False,
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        *,
+        return_low_res_only: bool = False,
+    ) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
         """Predict masks for prompts on the current image.
 
         Parameters
         ----------
         point_coords
             (N, 2) points, (x, y) in original-image pixels. With ``box`` of shape (B, 4) also
-            (B, N, 2): points per box.
+            (B, N, 2): points per box. At most :data:`MAX_POINTS_PER_OBJECT` per object.
         point_labels
             (N,) (or (B, N)) labels: 1 foreground, 0 background.
         box
@@ -235,11 +265,14 @@ class SamPredictor:
             objects decoded in one call (then every output gains a leading B axis).
         mask_input
             (1, L, L) low-resolution logits from an earlier prediction (L = 256 for SAM); with
-            B boxes also (B, 1, L, L).
+            B boxes also (B, 1, L, L). Must be finite.
         multimask_output
             Three ambiguity-aware masks (C = 3) instead of one (C = 1).
         return_logits
             Return float32 logits instead of boolean masks.
+        return_low_res_only
+            Skip the full-size masks (``masks`` is ``None``): cheap on huge images; upscale the
+            candidate you need with :meth:`upscale_mask`.
 
         Returns
         -------
@@ -250,12 +283,22 @@ class SamPredictor:
         low_res_logits
             (C, L, L) float32, usable as ``mask_input`` of a later call.
 
+        Notes
+        -----
+        Memory: boolean masks are upscaled one at a time and only inside the window their
+        positive logits can reach, so beyond the returned (B, C, H, W) booleans only a few tens
+        of MB are used (8 boxes on a 12000² image, one mask each: 1.15 GB of masks).
+
         Raises
         ------
         RuntimeError
             No image set.
         ValueError
-            Prompts of the wrong shape, labels not matching points, no usable mask input size.
+            Prompts of the wrong shape, labels not matching points, NaN or infinite values, too
+            many points, no usable mask input size.
+        napari_segany.errors.OutOfMemoryError
+            The masks do not fit in memory (fewer boxes, one mask per box, or
+            ``return_low_res_only``).
         """
         self._require_image()
         batched = box is not None and np.ndim(box) == 2
@@ -277,17 +320,150 @@ class SamPredictor:
             )
         if masks_in is not None:
             masks_t = torch.as_tensor(masks_in, dtype=torch.float32, device=device)
-        masks, scores, low_res = self.predict_torch(
-            coords_t, labels_t, boxes_t, masks_t, multimask_output, return_logits=return_logits
-        )
-        masks_np, scores_np, low_res_np = (
-            masks.cpu().numpy(),
-            scores.cpu().numpy(),
-            low_res.cpu().numpy(),
-        )
+        scores_parts, low_res_parts = [], []
+        for start in range(0, batch, BOXES_PER_DECODE):
+            part = slice(start, start + BOXES_PER_DECODE)
+            low_res, iou = self._decode(
+                coords_t[part] if coords_t is not None else None,
+                labels_t[part] if labels_t is not None else None,
+                boxes_t[part] if boxes_t is not None else None,
+                masks_t[part] if masks_t is not None else None,
+                multimask_output,
+            )
+            scores_parts.append(iou.cpu())
+            low_res_parts.append(low_res.cpu())
+        scores = torch.cat(scores_parts).numpy()
+        low_res = torch.cat(low_res_parts)
+        masks = None
+        if not return_low_res_only:
+            with explain_out_of_memory(
+                f"upscaling {low_res.shape[0] * low_res.shape[1]} masks to "
+                f"{self.original_size[0]} x {self.original_size[1]} pixels",
+                "use fewer boxes at once, one mask per box (multimask_output=False) or "
+                "return_low_res_only=True with upscale_mask()",
+            ):
+                masks = self._upscale_all(low_res, return_logits, torch.device("cpu")).numpy()
+        low_res_np = low_res.numpy()
         if batched:
-            return masks_np, scores_np, low_res_np
-        return masks_np[0], scores_np[0], low_res_np[0]
+            return masks, scores, low_res_np
+        return (None if masks is None else masks[0]), scores[0], low_res_np[0]
+
+    def upscale_mask(
+        self,
+        low_res_logits: np.ndarray,
+        index: int | tuple[int, ...] = 0,
+        *,
+        return_logits: bool = False,
+        crop: bool = False,
+    ) -> np.ndarray | tuple[np.ndarray, tuple[int, int]]:
+        """One candidate of :meth:`predict`'s ``low_res_logits`` at the original image size.
+
+        Parameters
+        ----------
+        low_res_logits
+            (L, L), (C, L, L) or (B, C, L, L) float logits from :meth:`predict` on this image.
+        index
+            Which map: an int over the first axis, or ``(b, c)`` for (B, C, L, L).
+        return_logits
+            Float32 logits instead of a boolean mask.
+        crop
+            Return ``(window, (row0, col0))``: only the smallest window that can hold the
+            boolean mask, and its top-left corner in the image (an empty (0, 0) window when the
+            mask is empty). Writing a huge image's labels through this window keeps memory low.
+
+        Returns
+        -------
+        np.ndarray or tuple
+            (H, W) bool mask (float32 with ``return_logits``), or the window and its corner.
+        """
+        self._require_image()
+        maps = torch.as_tensor(np.asarray(low_res_logits, dtype=np.float32))
+        selected = maps[index] if maps.ndim > 2 else maps
+        size = tuple(self.model.low_res_mask_size)
+        if tuple(selected.shape) != size:
+            raise ValueError(
+                f"index {index!r} of low-resolution logits {tuple(maps.shape)} does not select one "
+                f"{size[0]} x {size[1]} map"
+            )
+        if not torch.isfinite(selected).all():
+            raise ValueError("low-resolution logits must be finite (no NaN or infinity)")
+        frame = self._input_frame_logits(selected.to(self.device)[None])[0]
+        height, width = self.original_size
+        threshold = self.model.mask_threshold
+        if not crop:
+            out = torch.empty if return_logits else torch.zeros
+            full = out(height, width, dtype=torch.float32 if return_logits else torch.bool)
+            self._upscale_one(frame, full, threshold)
+            return full.numpy()
+        from napari_segany.sam.mask_upscaling import foreground_window
+
+        window = foreground_window(frame, (height, width), threshold)
+        if tuple(frame.shape) == (height, width) and window is not None:
+            rows = torch.nonzero((frame > threshold).any(1)).flatten()
+            cols = torch.nonzero((frame > threshold).any(0)).flatten()
+            window = (int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1)
+        if window is None:
+            empty = np.zeros((0, 0), dtype=np.float32 if return_logits else bool)
+            return empty, (0, 0)
+        row0, row1, col0, col1 = window
+        if tuple(frame.shape) == (height, width):
+            part = frame[row0:row1, col0:col1].float().cpu()
+            return (part if return_logits else part > threshold).numpy(), (row0, col0)
+        out = torch.empty(row1 - row0, col1 - col0, dtype=torch.float32)
+        from napari_segany.sam.mask_upscaling import resize_bilinear_window
+
+        band = max(1, 2**22 // max(1, col1 - col0))
+        for start in range(row0, row1, band):
+            stop = min(row1, start + band)
+            out[start - row0 : stop - row0] = resize_bilinear_window(
+                frame, (height, width), (start, stop), (col0, col1)
+            ).cpu()
+        return (out if return_logits else out > threshold).numpy(), (row0, col0)
+
+    def _decode(self, coords, labels, boxes, masks, multimask_output):
+        with torch.inference_mode():
+            low_res, iou = self.model.decode(
+                self.features,
+                point_coords=coords,
+                point_labels=labels,
+                boxes=boxes,
+                mask_input=masks,
+                multimask_output=multimask_output,
+            )
+        return low_res.float(), iou.float()
+
+    @torch.inference_mode()
+    def _upscale_all(
+        self, low_res: torch.Tensor, return_logits: bool, device: torch.device
+    ) -> torch.Tensor:
+        """(B, C, L, L) logits -> (B, C, H, W) bool masks (or float logits), one map at a time."""
+        batch, channels = low_res.shape[:2]
+        height, width = self.original_size
+        if return_logits:
+            out = torch.empty(batch, channels, height, width, dtype=torch.float32, device=device)
+        else:
+            out = torch.zeros(batch, channels, height, width, dtype=torch.bool, device=device)
+        for b in range(batch):
+            frames = self._input_frame_logits(low_res[b].to(self.device))
+            for c in range(channels):
+                self._upscale_one(frames[c], out[b, c], self.model.mask_threshold)
+        return out
+
+    @staticmethod
+    def _upscale_one(frame: torch.Tensor, out: torch.Tensor, threshold: float) -> None:
+        if tuple(frame.shape) == tuple(out.shape):
+            out.copy_(frame > threshold if out.dtype == torch.bool else frame)
+        else:
+            upscale_into(frame, out, threshold=threshold)
+
+    def _input_frame_logits(self, low_res: torch.Tensor) -> torch.Tensor:
+        """(N, L, L) logits -> (N, h, w) on the resized image inside the model input (SAM), or
+        unchanged (MedSAM's square resize goes straight to the original size)."""
+        if self.preprocessing.resize == "square":
+            return low_res.float()
+        size = self.model.image_size
+        frames = transforms.resize_bilinear(low_res.float(), (size, size))
+        return frames[:, : self.input_size[0], : self.input_size[1]]
 
     @torch.inference_mode()
     def predict_torch(
@@ -326,19 +502,9 @@ class SamPredictor:
         self._require_image()
         if point_coords is not None and point_labels is None:
             raise ValueError("point_labels are required with point_coords")
-        low_res, iou = self.model.decode(
-            self.features,
-            point_coords=point_coords,
-            point_labels=point_labels,
-            boxes=boxes,
-            mask_input=mask_input,
-            multimask_output=multimask_output,
-        )
-        low_res = low_res.float()
-        masks = self.postprocess_masks(low_res)
-        if not return_logits:
-            masks = masks > self.model.mask_threshold
-        return masks, iou.float(), low_res
+        low_res, iou = self._decode(point_coords, point_labels, boxes, mask_input, multimask_output)
+        masks = self._upscale_all(low_res, return_logits, low_res.device)
+        return masks, iou, low_res
 
     def postprocess_masks(self, low_res_logits: torch.Tensor) -> torch.Tensor:
         """(B, C, L, L) low-resolution logits -> (B, C, H, W) logits at the original image size.
@@ -406,6 +572,13 @@ class SamPredictor:
             )
         if not np.all(np.isfinite(coords)):
             raise ValueError("point coordinates must be finite")
+        if coords.shape[1] > MAX_POINTS_PER_OBJECT:
+            raise ValueError(
+                f"{coords.shape[1]} points for one object: SAM takes at most "
+                f"{MAX_POINTS_PER_OBJECT} (it was trained with a handful; each point costs "
+                f"decoder time and memory). Keep a few representative points, or give a box or "
+                f"a mask prompt instead"
+            )
         if not np.all(np.isin(labels, (0, 1, -1))):
             raise ValueError(
                 f"point labels must be 1 (foreground) or 0 (background); got {np.unique(labels)}"
@@ -431,6 +604,21 @@ class SamPredictor:
             )
         if masks.shape[0] not in (1, batch):
             raise ValueError(f"{masks.shape[0]} mask inputs for {batch} boxes")
+        if not np.all(np.isfinite(masks)):
+            raise ValueError("mask_input must be finite logits (it holds NaN or infinity)")
         if masks.shape[0] != batch:
             masks = np.repeat(masks, batch, axis=0)
         return masks
+
+
+def _check_resizable(shape: tuple[int, int], image_size: int, resize: str) -> None:
+    """A clear error for images too elongated to keep a side of at least one model pixel."""
+    if resize == "square":
+        return
+    height, width = transforms.preprocess_shape(int(shape[0]), int(shape[1]), image_size)
+    if height < 1 or width < 1:
+        raise ValueError(
+            f"an image of {shape[0]} x {shape[1]} pixels is too elongated for SAM: resized to the "
+            f"model's {image_size}-pixel input its short side would be {min(height, width)} "
+            f"pixels. Crop or tile it into pieces closer to square"
+        )
