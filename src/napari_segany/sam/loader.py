@@ -154,6 +154,11 @@ def load_sam(
         return _load_folder(
             folder, dev, dtype, name=variant.name, preprocessing=override or variant.preprocessing
         )
+    # A fine-tuned model folder (napari_segany.training): base model + saved changes.
+    if path.is_dir() and (path / "napari_segany_finetune.json").is_file():
+        from napari_segany.training.saved_model import load_finetuned_sam
+
+        return load_finetuned_sam(path, dev, dtype)
     if path.is_dir():
         return _load_folder(
             path, dev, dtype, name=str(path), preprocessing=override or _guess_preprocessing(path)
