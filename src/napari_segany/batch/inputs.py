@@ -1,0 +1,207 @@
+"""Finding the inputs of a batch run: files, folders, globs and zarr arrays, each with an output name.
+
+No array is read here: :func:`discover_inputs` only looks at paths. Opening and reading slices is
+:mod:`napari_segany.batch.volumes`.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "InputSpec",
+    "MissingInput",
+    "discover_inputs",
+    "is_zarr_store",
+    "split_zarr_path",
+]
+
+TIFF_SUFFIXES = (".tif", ".tiff")
+PLAIN_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+IMAGE_SUFFIXES = TIFF_SUFFIXES + PLAIN_IMAGE_SUFFIXES
+ZARR_METADATA = (".zarray", ".zgroup", "zarr.json")
+_GLOB_CHARACTERS = "*?["
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """One input of a batch run, not yet opened.
+
+    Attributes
+    ----------
+    path
+        The file, or the zarr store's root folder.
+    kind
+        ``"tiff"``, ``"image"`` (PNG / JPEG) or ``"zarr"``.
+    array_path
+        Inside a zarr store, the array's path (``"0"``); ``""`` for the root (an array, or an
+        OME-Zarr / single-array group, resolved when opened).
+    name
+        Output base name: the file's stem (``cells`` for ``cells.tif``), the store's stem plus its
+        non-numeric array path parts for zarr (``volume`` for ``volume.zarr/0``).
+    subfolder
+        Folder of the input relative to the folder argument it was found in (``""`` otherwise);
+        outputs mirror it.
+    """
+
+    path: str
+    kind: str
+    array_path: str = ""
+    name: str = ""
+    subfolder: str = ""
+
+    @property
+    def label(self) -> str:
+        """How the input is named in messages and the run record."""
+        return f"{self.path}/{self.array_path}" if self.array_path else self.path
+
+
+@dataclass(frozen=True)
+class MissingInput:
+    """An input argument that names nothing readable (a missing file, a glob without matches)."""
+
+    argument: str
+    reason: str
+
+
+def is_zarr_store(path: Path) -> bool:
+    """Whether ``path`` is a folder holding zarr (v2 or v3) metadata or is named ``*.zarr``."""
+    if not path.is_dir():
+        return False
+    return path.suffix == ".zarr" or any((path / name).is_file() for name in ZARR_METADATA)
+
+
+def split_zarr_path(text: str) -> tuple[Path, str] | None:
+    """``volume.zarr/0/`` -> (``volume.zarr``, ``"0"``); None when no component is a zarr store."""
+    path = Path(text)
+    parts = path.parts
+    for index in range(1, len(parts) + 1):
+        candidate = Path(*parts[:index])
+        if candidate.suffix == ".zarr" or (
+            is_zarr_store(candidate)
+            and not any((candidate.parent / m).is_file() for m in ZARR_METADATA)
+        ):
+            return candidate, "/".join(parts[index:])
+    return None
+
+
+def _zarr_name(store: Path, array_path: str) -> str:
+    extra = [p for p in array_path.split("/") if p and not p.isdigit()]
+    return "_".join([store.stem, *extra])
+
+
+def _spec_for_file(path: Path, subfolder: str = "") -> InputSpec | None:
+    suffix = path.suffix.lower()
+    if suffix in TIFF_SUFFIXES:
+        return InputSpec(str(path), "tiff", name=path.stem, subfolder=subfolder)
+    if suffix in PLAIN_IMAGE_SUFFIXES:
+        return InputSpec(str(path), "image", name=path.stem, subfolder=subfolder)
+    return None
+
+
+def _inside(path: Path, folder: Path | None) -> bool:
+    if folder is None:
+        return False
+    try:
+        path.resolve().relative_to(folder.resolve())
+    except ValueError:
+        return False
+    return True
+
+
+def _scan_folder(folder: Path, recursive: bool, exclude: Path | None) -> list[InputSpec]:
+    found: list[InputSpec] = []
+    for root, dirs, files in os.walk(folder):
+        root_path = Path(root)
+        subfolder = os.path.relpath(root, folder)
+        subfolder = "" if subfolder == "." else subfolder
+        keep_dirs = []
+        for name in sorted(dirs):
+            child = root_path / name
+            if _inside(child, exclude) or name.startswith("."):
+                continue
+            if is_zarr_store(child):
+                found.append(InputSpec(str(child), "zarr", "", _zarr_name(child, ""), subfolder))
+            elif recursive:
+                keep_dirs.append(name)
+        dirs[:] = keep_dirs
+        for name in sorted(files):
+            spec = _spec_for_file(root_path / name, subfolder)
+            if spec is not None and not _inside(root_path / name, exclude):
+                found.append(spec)
+        if not recursive:
+            break
+    return found
+
+
+def discover_inputs(
+    arguments: list[str], *, recursive: bool = False, exclude: str | os.PathLike | None = None
+) -> tuple[list[InputSpec], list[MissingInput]]:
+    """Turn command-line input arguments into inputs, in argument order, without duplicates.
+
+    Parameters
+    ----------
+    arguments
+        Files (``.tif``, ``.tiff``, ``.png``, ``.jpg``, ``.jpeg``), folders (their image files and
+        zarr stores; sub-folders with ``recursive``), globs (``"plate*/*.tif"``, ``**`` with
+        ``recursive``) and zarr arrays (``volume.zarr``, ``volume.zarr/0``).
+    recursive
+        Descend into sub-folders of folder arguments (outputs mirror them).
+    exclude
+        A folder never searched (the output folder, so earlier outputs are not taken as inputs).
+
+    Returns
+    -------
+    tuple
+        The inputs found, and the arguments that named nothing usable (missing paths, globs
+        without matches, unsupported file types, empty folders), each with the reason.
+    """
+    exclude_path = Path(exclude) if exclude is not None else None
+    specs: list[InputSpec] = []
+    missing: list[MissingInput] = []
+    for argument in arguments:
+        if any(c in argument for c in _GLOB_CHARACTERS) and not Path(argument).exists():
+            matches = sorted(glob.glob(argument, recursive=recursive))
+            found = []
+            for match in matches:
+                found.extend(_specs_for_path(Path(match), recursive=False, exclude=exclude_path))
+            if not found:
+                missing.append(MissingInput(argument, "no image file or zarr store matches"))
+            specs.extend(found)
+            continue
+        zarr_parts = split_zarr_path(argument)
+        if zarr_parts is not None:
+            store, array_path = zarr_parts
+            if not store.is_dir():
+                missing.append(MissingInput(argument, "no such zarr store"))
+                continue
+            specs.append(InputSpec(str(store), "zarr", array_path, _zarr_name(store, array_path)))
+            continue
+        path = Path(argument)
+        if not path.exists():
+            missing.append(MissingInput(argument, "no such file or folder"))
+            continue
+        found = _specs_for_path(path, recursive=recursive, exclude=exclude_path)
+        if not found:
+            reason = (
+                "no image file or zarr store in this folder"
+                if path.is_dir()
+                else f"unsupported file type (use {', '.join(IMAGE_SUFFIXES)} or a zarr store)"
+            )
+            missing.append(MissingInput(argument, reason))
+        specs.extend(found)
+    unique = list(dict.fromkeys(specs))
+    return unique, missing
+
+
+def _specs_for_path(path: Path, *, recursive: bool, exclude: Path | None) -> list[InputSpec]:
+    if is_zarr_store(path):
+        return [InputSpec(str(path), "zarr", "", _zarr_name(path, ""))]
+    if path.is_dir():
+        return _scan_folder(path, recursive, exclude)
+    spec = _spec_for_file(path)
+    return [spec] if spec is not None else []

@@ -1,0 +1,94 @@
+"""The unit of batch work: one 2D slice of one input, and the finishing step of one output.
+
+:func:`run_slice_task` is a pure function of (task, resources): it reads its slice, runs the
+operation and writes the labels itself (into a TIFF for a 2D input, into its own chunks of a zarr
+store for stacks and zarr inputs), returning only a small :class:`SliceResult`. The same function
+runs in-process and on dask workers, so the outputs are the same whichever runs it, in any order.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from napari_segany.batch.inputs import InputSpec
+from napari_segany.batch.outputs import OutputTarget
+from napari_segany.batch.volumes import AxisChoice
+from napari_segany.batch.worker_resources import WorkerResources
+
+__all__ = ["FinishTask", "SliceResult", "SliceTask", "run_finish_task", "run_slice_task"]
+
+
+@dataclass(frozen=True)
+class SliceTask:
+    """One slice to process.
+
+    Attributes
+    ----------
+    item
+        Index of the input in the run (for bookkeeping).
+    input
+        The input and how to read its axes.
+    axes
+        Axis choice (stack axis, channel).
+    key
+        The slice key (``()`` for a 2D input).
+    contrast_limits
+        Intensities mapped to 0..255 (one pair per stack, so all slices scale alike); None:
+        per-slice automatic.
+    target
+        Where the labels go; None for operations that write elsewhere (``embed``).
+    operation
+        What to do (:mod:`napari_segany.batch.operations`).
+    """
+
+    item: int
+    input: InputSpec
+    axes: AxisChoice
+    key: tuple[int, ...]
+    contrast_limits: tuple[float, float] | None
+    target: OutputTarget | None
+    operation: Any
+
+
+@dataclass(frozen=True)
+class SliceResult:
+    """What a slice task reports back: counts and time, never the labels."""
+
+    item: int
+    key: tuple[int, ...]
+    objects: int
+    max_label: int
+    seconds: float
+
+
+@dataclass(frozen=True)
+class FinishTask:
+    """Turn an output's finished slices into the final output (TIFF or complete zarr)."""
+
+    item: int
+    target: OutputTarget
+    max_label: int
+
+
+def run_slice_task(task: SliceTask, resources: WorkerResources) -> SliceResult:
+    """Read the slice, run the operation, write the labels; return counts and seconds."""
+    start = time.perf_counter()
+    volume = resources.volume(task.input, task.axes)
+    image = volume.read_slice(task.key)
+    outcome = task.operation.run(image, task.contrast_limits, resources)
+    max_label = 0
+    if outcome.labels is not None and task.target is not None:
+        max_label = int(outcome.labels.max(initial=0))
+        if task.target.kind == "tiff" and not task.target.is_stack:
+            task.target.write_image(outcome.labels)
+        else:
+            task.target.write_slice(task.key, outcome.labels, objects=outcome.objects)
+    return SliceResult(task.item, task.key, outcome.objects, max_label, time.perf_counter() - start)
+
+
+def run_finish_task(task: FinishTask, resources: WorkerResources) -> int:
+    """Finish one output (see :meth:`OutputTarget.finish`); returns the item index."""
+    task.target.finish(task.max_label)
+    return task.item
