@@ -67,6 +67,10 @@ class SerialExecutor:
         """For the run record."""
         return {"executor": "single process", "threads": self.threads}
 
+    def model_loads(self) -> dict[str, int]:
+        """Model loads in this process."""
+        return {"this process": self.resources.loads}
+
     def close(self) -> None:
         """Release models and files."""
         self.resources.close()

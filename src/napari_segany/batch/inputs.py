@@ -25,6 +25,7 @@ PLAIN_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 IMAGE_SUFFIXES = TIFF_SUFFIXES + PLAIN_IMAGE_SUFFIXES
 ZARR_METADATA = (".zarray", ".zgroup", "zarr.json")
 _GLOB_CHARACTERS = "*?["
+OUTPUT_SUFFIXES = ("_labels.tif", "_labels.zarr")
 
 
 @dataclass(frozen=True)
@@ -113,6 +114,11 @@ def _inside(path: Path, folder: Path | None) -> bool:
     return True
 
 
+def _earlier_output(path: Path, out_dir: Path | None) -> bool:
+    """Whether ``path`` is a result of an earlier run (``*_labels.tif|zarr`` in the output folder)."""
+    return path.name.endswith(OUTPUT_SUFFIXES) and _inside(path, out_dir)
+
+
 def _scan_folder(folder: Path, recursive: bool, exclude: Path | None) -> list[InputSpec]:
     found: list[InputSpec] = []
     for root, dirs, files in os.walk(folder):
@@ -122,7 +128,7 @@ def _scan_folder(folder: Path, recursive: bool, exclude: Path | None) -> list[In
         keep_dirs = []
         for name in sorted(dirs):
             child = root_path / name
-            if _inside(child, exclude) or name.startswith("."):
+            if _earlier_output(child, exclude) or name.startswith("."):
                 continue
             if is_zarr_store(child):
                 found.append(InputSpec(str(child), "zarr", "", _zarr_name(child, ""), subfolder))
@@ -131,7 +137,7 @@ def _scan_folder(folder: Path, recursive: bool, exclude: Path | None) -> list[In
         dirs[:] = keep_dirs
         for name in sorted(files):
             spec = _spec_for_file(root_path / name, subfolder)
-            if spec is not None and not _inside(root_path / name, exclude):
+            if spec is not None and not _earlier_output(root_path / name, exclude):
                 found.append(spec)
         if not recursive:
             break
@@ -152,7 +158,8 @@ def discover_inputs(
     recursive
         Descend into sub-folders of folder arguments (outputs mirror them).
     exclude
-        A folder never searched (the output folder, so earlier outputs are not taken as inputs).
+        The output folder: results of earlier runs in it (``*_labels.tif``, ``*_labels.zarr``)
+        are not taken as inputs when a folder or glob is searched.
 
     Returns
     -------
@@ -168,6 +175,8 @@ def discover_inputs(
             matches = sorted(glob.glob(argument, recursive=recursive))
             found = []
             for match in matches:
+                if _earlier_output(Path(match), exclude_path):
+                    continue
                 found.extend(_specs_for_path(Path(match), recursive=False, exclude=exclude_path))
             if not found:
                 missing.append(MissingInput(argument, "no image file or zarr store matches"))

@@ -36,6 +36,8 @@ class InputRecord:
         Compute time summed over its tasks (all workers).
     slices
         Number of 2D slices.
+    resumed_slices
+        Slices finished by an earlier, interrupted run and not recomputed.
     error
         Why it failed.
     """
@@ -46,6 +48,7 @@ class InputRecord:
     objects: int | None = None
     seconds: float = 0.0
     slices: int = 0
+    resumed_slices: int = 0
     error: str | None = None
 
 

@@ -22,7 +22,7 @@ import numpy as np
 
 from napari_segany.batch.executors import Executor, make_executor
 from napari_segany.batch.inputs import InputSpec, discover_inputs
-from napari_segany.batch.outputs import OutputTarget, plan_output
+from napari_segany.batch.outputs import PROGRESS_FOLDER, OutputTarget, plan_output
 from napari_segany.batch.run_record import RUN_FILE_NAME, InputRecord, RunRecord
 from napari_segany.batch.tasks import (
     FinishTask,
@@ -213,10 +213,18 @@ def run_batch(
                     state.record.status = "done"
                     if out_dir is not None:
                         record.write(out_dir)
+        loads = getattr(executor, "model_loads", None)
+        if callable(loads) and tasks:
+            try:
+                record.execution["model_loads_per_worker"] = loads()
+            except Exception:  # informative only; a cluster going away must not fail the run
+                pass
     finally:
         progress.close()
         if own_executor:
             executor.close()
+    if out_dir is not None:
+        _remove_empty_progress_folder(out_dir)
     record.finish()
     if out_dir is not None:
         record.write(out_dir)
@@ -228,6 +236,17 @@ def run_batch(
     if not options.quiet or record.failed:
         report(summary)
     return record
+
+
+def _remove_empty_progress_folder(out_dir: Path) -> None:
+    folder = out_dir / PROGRESS_FOLDER
+    if not folder.is_dir():
+        return
+    for path in sorted(folder.rglob("*"), key=lambda p: len(p.parts), reverse=True):
+        if path.is_dir() and not any(path.iterdir()):
+            path.rmdir()
+    if not any(folder.iterdir()):
+        folder.rmdir()
 
 
 def _describe(exc: BaseException) -> str:
@@ -297,6 +316,7 @@ def _plan_item(
         if target is not None and (target.is_stack or target.kind == "zarr"):
             target.prepare_store(volume.spatial_chunks if spec.kind == "zarr" else None)
             done = target.done_slices()
+        record.resumed_slices = len(done)
         for info in done.values():
             record.objects = (record.objects or 0) + int(info.get("objects", 0))
             state.max_label = max(state.max_label, int(info.get("max_label", 0)))
