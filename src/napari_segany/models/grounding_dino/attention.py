@@ -95,10 +95,12 @@ class BiMultiHeadAttention(nn.Module):
         """
         batch, num_vision, _ = vision.shape
         num_text = text.shape[1]
-        query = self._heads(self.vision_proj(vision) * self.scale)
-        key = self._heads(self.text_proj(text))
-        vision_values = self._heads(self.values_vision_proj(vision))
-        text_values = self._heads(self.values_text_proj(text))
+        # The attention itself runs in float32: it is small (image × text tokens) and the two
+        # softmaxes over very different lengths lose too much in half precision.
+        query = self._heads(self.vision_proj(vision).float() * self.scale)
+        key = self._heads(self.text_proj(text).float())
+        vision_values = self._heads(self.values_vision_proj(vision).float())
+        text_values = self._heads(self.values_text_proj(text).float())
         # Similarities (B, heads, N, T); the global max keeps half precision in range.
         scores = query @ key.transpose(-1, -2)
         scores = (scores - scores.max()).clamp(-50000, 50000)
@@ -110,4 +112,5 @@ class BiMultiHeadAttention(nn.Module):
         vision_probs = scores.softmax(-1)
         vision_out = (vision_probs @ text_values).transpose(1, 2).reshape(batch, num_vision, -1)
         text_out = (text_probs @ vision_values).transpose(1, 2).reshape(batch, num_text, -1)
-        return self.out_vision_proj(vision_out), self.out_text_proj(text_out)
+        dtype = vision.dtype
+        return self.out_vision_proj(vision_out.to(dtype)), self.out_text_proj(text_out.to(dtype))

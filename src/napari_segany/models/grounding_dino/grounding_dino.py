@@ -86,10 +86,15 @@ class GroundingDino(nn.Module):
         self.encoder_output_bbox_embed = MLPHead(d, d, 4, 3)
         heads = 1 if config.decoder_bbox_embed_share else config.decoder_layers
         self.bbox_embed = nn.ModuleList(MLPHead(d, d, 4, 3) for _ in range(heads))
+        self._delimiters = tuple(int(i) for i in delimiter_token_ids)
         self.register_buffer(
-            "delimiter_token_ids",
-            torch.tensor(delimiter_token_ids, dtype=torch.long),
-            persistent=False,
+            "delimiter_token_ids", torch.tensor(self._delimiters, dtype=torch.long), persistent=False
+        )
+
+    def reset_buffers(self) -> None:
+        """Recompute the non-persistent delimiter ids (after building on the meta device)."""
+        self.delimiter_token_ids = torch.tensor(
+            self._delimiters, dtype=torch.long, device=self.level_embed.device
         )
 
     @property
@@ -198,7 +203,7 @@ class GroundingDino(nn.Module):
         return queries, reference_points
 
     def _contrastive_logits(self, queries, text, text_token_mask, pad: bool = True):
-        logits = (queries @ text.transpose(-1, -2)).float()
+        logits = queries.float() @ text.float().transpose(-1, -2)
         logits = logits.masked_fill(~text_token_mask[:, None, :], float("-inf"))
         if not pad:
             return logits

@@ -62,6 +62,12 @@ class SwinSelfAttention(nn.Module):
             "relative_position_index", _relative_position_index(window_size), persistent=False
         )
 
+    def reset_buffers(self) -> None:
+        """Recompute the non-persistent index (after building on the meta device)."""
+        self.relative_position_index = _relative_position_index(self.window_size).to(
+            self.relative_position_bias_table.device
+        )
+
     def relative_position_bias(self) -> torch.Tensor:
         """(heads, ws², ws²) additive bias."""
         area = self.window_size**2
