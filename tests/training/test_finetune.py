@@ -1,0 +1,90 @@
+"""finetune_sam in decoder mode on a tiny random SAM and synthetic bright disks."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+from napari_segany.training import FinetuneSettings, finetune_sam, iter_finetune_sam
+
+
+def test_decoder_mode_freezes_the_encoders_and_trains_the_decoder(tiny_sam_model, decoder_run):
+    before, result = decoder_run
+    after = tiny_sam_model.state_dict()
+    # The base model is untouched.
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    tuned = result.model.state_dict()
+    for key, value in before.items():
+        if key.startswith(("image_encoder.", "prompt_encoder.")):
+            assert torch.equal(tuned[key], value), key
+    changed = [
+        k for k in before if k.startswith("mask_decoder.") and not torch.equal(tuned[k], before[k])
+    ]
+    assert len(changed) > 10
+    # The frozen parts are shared, not copied.
+    assert result.model.image_encoder is tiny_sam_model.image_encoder
+    assert set(result.changed) == {
+        f"mask_decoder.{k}" for k in tiny_sam_model.mask_decoder.state_dict()
+    }
+
+
+def test_loss_falls_and_box_iou_rises_on_training_objects(decoder_run):
+    _, result = decoder_run
+    history = np.asarray(result.history)
+    assert len(history) == 400 and result.stopped == "steps"
+    assert history[-40:].mean() < 0.6 * history[:40].mean()
+    before, after = result.metrics["before"], result.metrics["after"]
+    assert after["objects"] == before["objects"] == 16
+    assert after["box_iou"] > before["box_iou"] + 0.3
+    assert after["point_iou"] > before["point_iou"] + 0.2
+    assert result.improved is True
+    for name in ("iou_1_click", "iou_3_clicks", "clicks_to_90", "reached_90"):
+        assert name in after
+
+
+def test_generator_yields_progress_and_stop_keeps_the_best_state(tiny_sam_model, disk_data):
+    images, labels, val_images, val_labels = disk_data
+    stop = threading.Event()
+    job = iter_finetune_sam(
+        tiny_sam_model,
+        images,
+        labels,
+        settings=FinetuneSettings(steps=1000, learning_rate=3e-3, validate_every=5),
+        val_images=val_images,
+        val_labels=val_labels,
+        stop_event=stop,
+    )
+    stages = []
+    while True:
+        try:
+            report = next(job)
+        except StopIteration as end:
+            result = end.value
+            break
+        stages.append(report.stage)
+        if report.stage == "training" and report.done == 12:
+            stop.set()
+    assert stages[0] == "embedding" and "evaluating" in stages and stages[-1] == "done"
+    assert result.stopped == "cancelled" and result.steps_done == 12
+    assert result.best_step in {s for s, _ in result.val_history}
+    best_val = min(v for _, v in result.val_history)
+    assert dict(result.val_history)[result.best_step] == best_val
+    assert "after" in result.metrics
+
+
+def test_time_budget_sets_the_step_count(tiny_sam_model, disk_data):
+    images, labels, _, _ = disk_data
+    result = finetune_sam(tiny_sam_model, images[:2], labels[:2], time_budget_s=2.0)
+    assert result.stopped in ("steps", "time")
+    assert result.steps_done > 3
+    assert result.timings["total_s"] < 2.0 + 1.5
+
+
+def test_small_objects_only_is_an_error(tiny_sam_model):
+    labels = np.zeros((128, 128), np.int32)
+    labels[10:14, 10:14] = 1  # 16 px < 25
+    with pytest.raises(ValueError, match="no labelled object"):
+        finetune_sam(tiny_sam_model, np.zeros((128, 128)), labels, steps=2)
