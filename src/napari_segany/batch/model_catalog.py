@@ -21,6 +21,7 @@ __all__ = [
     "hub_reachable",
     "is_cached",
     "list_models",
+    "use_offline_mode",
 ]
 
 
@@ -119,6 +120,18 @@ def hub_reachable(timeout: float = 5.0) -> tuple[bool, str]:
         return False, f"cannot reach {constants.ENDPOINT} ({exc})"
 
 
+def use_offline_mode() -> None:
+    """Make huggingface_hub use its cache only, in this process and the worker processes it starts.
+
+    Sets ``HF_HUB_OFFLINE=1`` in the environment (inherited by new processes) and in the
+    already-imported ``huggingface_hub.constants``.
+    """
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    from huggingface_hub import constants
+
+    constants.HF_HUB_OFFLINE = True
+
+
 def _offline_hint(names: str) -> str:
     return (
         f"On a machine with internet access run `napari-segany download {names}`, then copy the "
@@ -143,8 +156,10 @@ def download_model(name: str) -> Path:
     from napari_segany.checkpoints import WeightsUnavailableError, download_from_hub
 
     entry = entries[name]
+    reachable, reason = hub_reachable()
+    if entry.downloaded and not reachable:
+        use_offline_mode()
     if not entry.downloaded:
-        reachable, reason = hub_reachable()
         if not reachable:
             raise WeightsUnavailableError(
                 f"{name} ({entry.hub_repo}) is not downloaded and the hub is unreachable: "
@@ -165,7 +180,9 @@ def check_model_source(source: str) -> None:
     """Fail fast, without loading anything, when ``source`` cannot be loaded.
 
     A local path must exist; a registered name or hub id must be cached or the hub reachable
-    (one connection attempt, no retries).
+    (one connection attempt, no retries). Cached weights with the hub unreachable switch
+    huggingface_hub to offline mode (:func:`use_offline_mode`), so loading does not first retry
+    the network for half a minute.
 
     Raises
     ------
@@ -194,9 +211,11 @@ def check_model_source(source: str) -> None:
         raise UnknownModelError(
             f"--model {source!r} is no registered name, existing file or folder, or hub id"
         )
-    if is_cached(repo):
-        return
     reachable, reason = hub_reachable()
+    if is_cached(repo):
+        if not reachable:
+            use_offline_mode()
+        return
     if not reachable:
         raise ModelUnavailableError(
             f"the weights of {source!r} ({repo}) are not downloaded and the hub is unreachable: "

@@ -1,0 +1,50 @@
+"""Scale-out: ``--workers 2`` (a dask LocalCluster of processes) gives the single-process labels."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from napari_segany.cli import main
+from tests.cli.batch_data import EVERYTHING_FAST
+
+pytest.importorskip("distributed")
+
+
+@pytest.mark.slow
+def test_two_workers_give_the_single_process_labels(
+    tiny_sam_hf_folder, image_folder, zarr_stack, tmp_path
+):
+    import tifffile
+    import zarr
+
+    path, _ = zarr_stack
+    inputs = [str(image_folder), str(path)]
+    common = ["--model", str(tiny_sam_hf_folder)] + EVERYTHING_FAST
+    single, parallel = tmp_path / "single", tmp_path / "parallel"
+    assert main(["everything", *inputs, "-o", str(single), "--threads", "1"] + common) == 0
+    assert main(["everything", *inputs, "-o", str(parallel), "--workers", "2"] + common) == 0
+
+    for name in ("a", "b", "c"):
+        np.testing.assert_array_equal(
+            tifffile.imread(parallel / f"{name}_labels.tif"),
+            tifffile.imread(single / f"{name}_labels.tif"),
+        )
+    written = zarr.open_array(parallel / "volume_labels.zarr", mode="r")
+    assert written.chunks == (1, 24, 56) and written.attrs["napari_segany_complete"]
+    np.testing.assert_array_equal(
+        written[:], zarr.open_array(single / "volume_labels.zarr", mode="r")[:]
+    )
+
+    record = json.loads((parallel / "napari-segany-run.json").read_text())
+    assert record["execution"]["executor"] == "dask.distributed"
+    assert record["execution"]["workers"] == 2
+    loads = record["execution"]["model_loads_per_worker"]
+    # Six slice tasks on two workers: each worker loaded the model at most once.
+    assert len(loads) == 2 and all(n <= 1 for n in loads.values()) and sum(loads.values()) >= 1
+    single_record = json.loads((single / "napari-segany-run.json").read_text())
+    assert [r["objects"] for r in record["inputs"]] == [
+        r["objects"] for r in single_record["inputs"]
+    ]
