@@ -15,13 +15,7 @@ from importlib import import_module
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from napari_segany.training.finetune import (
-        FinetuneProgress,
-        FinetuneResult,
-        FinetuneSettings,
-        finetune_sam,
-        iter_finetune_sam,
-    )
+    from napari_segany.training.finetune import FinetuneResult, finetune_sam, iter_finetune_sam
     from napari_segany.training.model_library import (
         FinetunedModelInfo,
         finetuned_models_folder,
@@ -33,6 +27,7 @@ if TYPE_CHECKING:
         is_finetuned_folder,
         load_finetuned_sam,
     )
+    from napari_segany.training.settings import FinetuneProgress, FinetuneSettings
     from napari_segany.training.tiles import separate_held_out
 
 __all__ = [
@@ -52,9 +47,9 @@ __all__ = [
 ]
 
 _LAZY = {
-    "FinetuneProgress": "napari_segany.training.finetune",
+    "FinetuneProgress": "napari_segany.training.settings",
     "FinetuneResult": "napari_segany.training.finetune",
-    "FinetuneSettings": "napari_segany.training.finetune",
+    "FinetuneSettings": "napari_segany.training.settings",
     "finetune_sam": "napari_segany.training.finetune",
     "iter_finetune_sam": "napari_segany.training.finetune",
     "FinetunedModelInfo": "napari_segany.training.model_library",

@@ -18,7 +18,6 @@ parameters) and, in LoRA mode, of the last encoder block and the neck.
 
 from __future__ import annotations
 
-import copy
 import math
 import threading
 import time
@@ -31,23 +30,19 @@ import torch
 
 from napari_segany.jobs import run_to_completion
 from napari_segany.training.evaluation import EvaluationObject, evaluate_prompting, metrics_improved
-from napari_segany.training.lora import add_lora, lora_state_dict
-from napari_segany.training.losses import mask_losses
 from napari_segany.training.prepared_tiles import (
     PreparedTile,
-    add_correction_clicks,
     prepare_tile,
-    sample_batch,
 )
 from napari_segany.training.saved_model import (
-    DECODER_PREFIX,
-    LORA_PREFIX,
     assemble_finetuned_sam,
     base_fingerprint,
     export_merged_checkpoint,
     save_finetuned,
 )
+from napari_segany.training.settings import MODES, FinetuneProgress, FinetuneSettings
 from napari_segany.training.tiles import tiles_from_labels
+from napari_segany.training.trainer import FinetuneTrainer, learning_rate_at
 
 __all__ = [
     "MODES",
@@ -57,59 +52,6 @@ __all__ = [
     "finetune_sam",
     "iter_finetune_sam",
 ]
-
-MODES = ("decoder", "lora")
-
-
-@dataclass(frozen=True)
-class FinetuneSettings:
-    """Every knob of fine-tuning; the defaults are the recommended ones.
-
-    ``steps`` and ``time_budget_s`` bound the training (both: whichever ends first; neither:
-    ``default_steps``). The time budget counts everything from the call on (embeddings and the
-    before/after evaluation included).
-    """
-
-    mode: str = "decoder"
-    steps: int | None = None
-    time_budget_s: float | None = None
-    default_steps: int = 100
-    learning_rate: float = 1e-4
-    weight_decay: float = 0.01
-    warmup_steps: int | None = None  # default: 5 % of the steps, 1..50
-    final_lr_fraction: float = 0.1
-    objects_per_step: int = 8
-    min_object_pixels: int = 25
-    max_tiles: int = 64
-    min_edge_distance: float = 10.0
-    box_jitter: float = 0.1
-    negative_point_probability: float = 0.5
-    correction_clicks: bool = True
-    iou_loss_weight: float = 1.0
-    validate_every: int | None = None  # default: steps / 20, at least 5
-    patience: int = 6  # validations without improvement before stopping
-    lora_rank: int = 4
-    lora_alpha: float = 4.0
-    timing_steps: int = 3
-    eval_max_clicks: int = 5
-    contrast_limits: tuple[float, float] | None = None
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if self.mode not in MODES:
-            raise ValueError(f"unknown fine-tuning mode {self.mode!r}; use one of {MODES}")
-
-
-@dataclass(frozen=True)
-class FinetuneProgress:
-    """One progress report: ``stage`` is "embedding", "evaluating", "training" or "done"."""
-
-    stage: str
-    done: int
-    total: int
-    loss: float | None = None
-    val_loss: float | None = None
-    message: str = ""
 
 
 @dataclass
@@ -254,137 +196,6 @@ def finetune_sam(
             return stop.value
 
 
-class _Trainer:
-    """The trainable copies (decoder, adapted block and neck) and the forward pass of one step."""
-
-    def __init__(self, model, settings: FinetuneSettings) -> None:
-        self.settings = settings
-        self.image_size = model.image_size
-        self.prompt_encoder = copy.deepcopy(model.prompt_encoder).float().requires_grad_(False)
-        self.decoder = copy.deepcopy(model.mask_decoder).float().requires_grad_(True).train()
-        with torch.no_grad():
-            self.image_pe = self.prompt_encoder.get_dense_pe().clone()
-        self.block = self.neck = None
-        self.block_index = len(model.image_encoder.blocks) - 1
-        params = list(self.decoder.parameters())
-        if settings.mode == "lora":
-            self.block = add_lora(
-                model.image_encoder.blocks[-1],
-                rank=settings.lora_rank,
-                alpha=settings.lora_alpha,
-                seed=settings.seed,
-            )
-            self.neck = copy.deepcopy(model.image_encoder.neck).float().requires_grad_(False)
-            params += [p for p in self.block.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.AdamW(
-            params, lr=settings.learning_rate, weight_decay=settings.weight_decay
-        )
-
-    def features(self, tile: PreparedTile) -> torch.Tensor:
-        if self.block is None:
-            return tile.features
-        x = self.block(tile.tokens)
-        return self.neck(x.permute(0, 3, 1, 2))
-
-    def decode(self, features, batch, mask_input=None):
-        points = None if batch.coords is None else (batch.coords, batch.labels)
-        with torch.no_grad():
-            sparse, dense = self.prompt_encoder(points=points, boxes=batch.boxes, masks=mask_input)
-        return self.decoder(
-            image_embeddings=features,
-            image_pe=self.image_pe,
-            sparse_prompt_embeddings=sparse,
-            dense_prompt_embeddings=dense,
-            multimask_output=batch.multimask,
-        )
-
-    def loss(self, tile, objects, kind, rng):
-        s = self.settings
-        first = "point" if kind == "correction" else kind
-        batch = sample_batch(
-            tile,
-            objects,
-            first,
-            rng,
-            box_jitter=s.box_jitter,
-            negative_probability=0.0 if kind == "correction" else s.negative_point_probability,
-        )
-        features = self.features(tile)
-        mask_input = None
-        if kind == "correction":
-            with torch.no_grad():
-                logits, iou = self.decode(features.detach(), batch)
-            batch, mask_input = add_correction_clicks(batch, logits, iou, self.image_size)
-        logits, iou = self.decode(features, batch, mask_input)
-        return mask_losses(logits, iou, batch.target, batch.region, iou_weight=s.iou_loss_weight)
-
-    def changed(self) -> dict[str, torch.Tensor]:
-        state = {
-            DECODER_PREFIX + k: v.detach().clone() for k, v in self.decoder.state_dict().items()
-        }
-        if self.block is not None:
-            for k, v in lora_state_dict(self.block).items():
-                state[f"{LORA_PREFIX}{self.block_index}.{k}"] = v
-        return state
-
-    def load_changed(self, state: dict[str, torch.Tensor]) -> None:
-        self.decoder.load_state_dict(
-            {k[len(DECODER_PREFIX) :]: v for k, v in state.items() if k.startswith(DECODER_PREFIX)}
-        )
-        if self.block is not None:
-            with torch.no_grad():
-                for k, v in state.items():
-                    if k.startswith(LORA_PREFIX):
-                        getattr(self.block.attn.qkv, k.rsplit(".", 1)[1]).copy_(v)
-
-    @torch.no_grad()
-    def validation_loss(self, tiles: Sequence[PreparedTile]) -> float:
-        """Mean loss of tight boxes and centre points on held-out tiles (no randomness)."""
-        from napari_segany.sam import transforms
-
-        losses = []
-        for tile in tiles:
-            features = self.features(tile)
-            objects = tile.objects
-            target = torch.stack([o.target for o in objects])
-            region = torch.stack([o.region for o in objects])
-            boxes = transforms.apply_boxes(
-                np.stack([o.prompts.box for o in objects]), tile.original_size, tile.input_size
-            )
-            centres = transforms.apply_coords(
-                np.stack([o.prompts.centre for o in objects])[:, None],
-                tile.original_size,
-                tile.input_size,
-            )
-            from napari_segany.training.prepared_tiles import PromptBatch
-
-            for batch in (
-                PromptBatch(
-                    None, None, torch.as_tensor(boxes, dtype=torch.float32), False, target, region
-                ),
-                PromptBatch(
-                    torch.as_tensor(centres, dtype=torch.float32),
-                    torch.ones(len(objects), 1, dtype=torch.int64),
-                    None,
-                    True,
-                    target,
-                    region,
-                ),
-            ):
-                logits, iou = self.decode(features, batch)
-                losses.append(float(mask_losses(logits, iou, target, region).total))
-        return float(np.mean(losses))
-
-
-def _learning_rate(step: int, total: int, warmup: int, settings: FinetuneSettings) -> float:
-    base = settings.learning_rate
-    if step < warmup:
-        return base * (step + 1) / warmup
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    low = settings.final_lr_fraction
-    return base * (low + (1.0 - low) * 0.5 * (1.0 + math.cos(math.pi * progress)))
-
-
 def _evaluation_tiles(model, tiles: Sequence[PreparedTile], *, adapted_block: bool):
     """EvaluationObjects that set each tile's embedding; with ``adapted_block`` the cached tokens
     go through ``model``'s own last encoder block and neck."""
@@ -489,7 +300,7 @@ def iter_finetune_sam(
         eval_s = time.perf_counter() - t0
         timings["evaluation_s"] = eval_s
 
-    trainer = _Trainer(model, s)
+    trainer = FinetuneTrainer(model, s)
     kinds = ["box", "point"] + (["correction"] if s.correction_clicks else [])
     total = s.steps if s.steps is not None else (None if s.time_budget_s else s.default_steps)
     provisional = total or s.default_steps
@@ -523,7 +334,7 @@ def iter_finetune_sam(
         tile = tiles[order.pop()]
         chosen = rng.permutation(len(tile.objects))[: s.objects_per_step]
         objects = [tile.objects[i] for i in chosen]
-        lr = _learning_rate(step, total or provisional, warmup, s)
+        lr = learning_rate_at(step, total or provisional, warmup, s)
         for group in trainer.optimizer.param_groups:
             group["lr"] = lr
         t0 = time.perf_counter()
