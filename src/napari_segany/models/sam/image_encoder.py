@@ -58,8 +58,8 @@ class EncoderBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, H, W, C) -> (B, H, W, C)."""
-        x = x + self.attn(self.norm1(x))
-        return x + self.mlp(self.norm2(x))
+        x = self.attn(self.norm1(x), residual=x)
+        return self.mlp.forward_residual(x, self.norm2(x))
 
 
 class ImageEncoderViT(nn.Module):

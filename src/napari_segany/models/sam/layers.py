@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..fused_linear import linear_then_bias, residual_plus_linear
+
 
 class LayerNorm2d(nn.Module):
     """LayerNorm over the channel axis of a (B, C, H, W) tensor.
@@ -38,6 +40,10 @@ class FeedForward(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(..., embed_dim) -> (..., embed_dim)."""
         return self.lin2(self.act(self.lin1(x)))
+
+    def forward_residual(self, residual: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """``residual + self(x)``, the residual accumulated by the second product (a new tensor)."""
+        return residual_plus_linear(residual, self.act(linear_then_bias(x, self.lin1)), self.lin2)
 
 
 class MultiLayerPerceptron(nn.Module):

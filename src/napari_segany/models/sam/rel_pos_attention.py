@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..fused_linear import linear_then_bias, residual_plus_linear
 from ..relative_position import decomposed_rel_pos_terms
 
 # Above this many tokens (global attention), the CPU path works in query-row chunks of one head.
@@ -57,12 +58,12 @@ class RelPosAttention(nn.Module):
             self.rel_pos_h = nn.Parameter(torch.zeros(2 * rel_grid[0] - 1, head_dim))
             self.rel_pos_w = nn.Parameter(torch.zeros(2 * rel_grid[1] - 1, head_dim))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, H, W, C) -> (B, H, W, C)."""
+    def forward(self, x: torch.Tensor, *, residual: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, H, W, C) -> (B, H, W, C); plus ``residual`` (B, H, W, C) when given (fused)."""
         batch, height, width, channels = x.shape
         heads = self.num_heads
         head_dim = channels // heads
-        qkv = self.qkv(x)
+        qkv = linear_then_bias(x, self.qkv)
         if self.window_size > 0:
             size = self.window_size
             qkv, (padded_h, padded_w) = self._pad_to_windows(qkv)
@@ -86,7 +87,9 @@ class RelPosAttention(nn.Module):
         else:
             out = out.view(batch, heads, height, width, head_dim).permute(0, 2, 3, 1, 4)
             out = out.reshape(batch, height, width, channels)
-        return self.proj(out)
+        if residual is not None:
+            return residual_plus_linear(residual, out, self.proj)
+        return linear_then_bias(out, self.proj)
 
     def _pad_to_windows(self, qkv: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int]]:
         """Pad (B, H, W, 3C) projections to whole windows with the projection of a zero token."""
@@ -167,13 +170,21 @@ def rel_pos_attention_cpu(
         return torch.bmm(torch.softmax(logits, dim=-1), v)
     out = torch.empty_like(q)
     keys_t = k.transpose(1, 2)
+    # One (rows, N) logits buffer: first the broadcast bias is written into it, then the product
+    # is accumulated onto it (addmm_, beta = 1), which is one pass less than adding the two bias
+    # factors to the product afterwards.
+    chunk = min(CPU_QUERY_ROWS, tokens)
+    buffer = q.new_empty(chunk, tokens)
     for head in range(bh):
-        for start in range(0, tokens, CPU_QUERY_ROWS):
-            rows = slice(start, start + CPU_QUERY_ROWS)
-            logits = torch.mm(q[head, rows], keys_t[head])
-            grid_view = logits.view(-1, height, width)
-            grid_view.add_(rel_h[head, rows, :, None])
-            grid_view.add_(rel_w[head, rows, None, :])
+        for start in range(0, tokens, chunk):
+            rows = slice(start, start + chunk)
+            logits = buffer[: min(chunk, tokens - start)]
+            torch.add(
+                rel_h[head, rows, :, None],
+                rel_w[head, rows, None, :],
+                out=logits.view(-1, height, width),
+            )
+            logits.addmm_(q[head, rows], keys_t[head])
             torch.mm(torch.softmax(logits, dim=-1), v[head], out=out[head, rows])
     return out
 
