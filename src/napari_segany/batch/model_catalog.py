@@ -176,7 +176,7 @@ class ModelUnavailableError(OSError):
     """A registered model or hub id whose weights are neither cached nor reachable."""
 
 
-def check_model_source(source: str) -> None:
+def check_model_source(source: str, *, option: str = "--model") -> None:
     """Fail fast, without loading anything, when ``source`` cannot be loaded.
 
     A local path must exist; a registered name or hub id must be cached or the hub reachable
@@ -191,17 +191,11 @@ def check_model_source(source: str) -> None:
     ModelUnavailableError
         Not downloaded and the hub is unreachable; the message says how to get the weights.
     """
-    from napari_segany.sam.registry import SAM_MODELS
-    from napari_segany.seggpt.registry import SEGGPT_MODELS
-
     if Path(source).expanduser().exists():
         return
-    repo = None
-    if source in SAM_MODELS:
-        repo = SAM_MODELS[source].hub_repo
-    elif source in SEGGPT_MODELS:
-        repo = SEGGPT_MODELS[source].hub_repo
-    elif (
+    repos = {entry.name: entry.hub_repo for entry in list_models()}
+    repo = repos.get(source)
+    if repo is None and (
         source.count("/") == 1
         and not source.startswith((".", "/", "~"))
         and Path(source).suffix not in (".pth", ".pt", ".bin", ".safetensors")
@@ -209,7 +203,7 @@ def check_model_source(source: str) -> None:
         repo = source
     if repo is None:
         raise UnknownModelError(
-            f"--model {source!r} is no registered name, existing file or folder, or hub id"
+            f"{option} {source!r} is no registered name, existing file or folder, or hub id"
         )
     reachable, reason = hub_reachable()
     if is_cached(repo):

@@ -22,9 +22,12 @@ import numpy as np
 from napari_segany.batch.worker_resources import WorkerResources
 
 __all__ = [
+    "ComputeEmbedding",
     "ModelSpec",
+    "SegGptPrompts",
     "SegmentEverything",
     "SegmentWithSegGpt",
+    "SegmentWithText",
     "SliceOutcome",
 ]
 
@@ -209,3 +212,119 @@ class SegmentWithSegGpt:
                 target_contrast_limits=contrast_limits,
             )
         return SliceOutcome(labels, _count_objects(labels))
+
+
+@dataclass(frozen=True)
+class ComputeEmbedding:
+    """The SAM image embedding of a slice, stored in an on-disk embedding cache folder.
+
+    The file is the one :func:`napari_segany.sam.open_sam_session` (``cache_dir``) and the SAM
+    widget's cache folder look up for the same model, 8-bit image and contrast limits, so
+    opening the data later needs no encoder run. Slices already in the folder are not
+    recomputed. ``objects`` of the outcome counts embeddings computed (0 or 1).
+
+    Attributes
+    ----------
+    model
+        The SAM model.
+    cache_dir
+        The embedding cache folder.
+    """
+
+    model: ModelSpec
+    cache_dir: str
+
+    family = "sam"
+
+    def run(
+        self,
+        image: np.ndarray,
+        contrast_limits: tuple[float, float] | None,
+        resources: WorkerResources,
+    ) -> SliceOutcome:
+        """Compute and store the embedding of ``image`` unless the folder has it."""
+        from napari_segany.image_conversion import to_uint8_rgb
+        from napari_segany.sam.embedding_cache import (
+            EmbeddingDiskCache,
+            disk_cache_key,
+            image_fingerprint,
+        )
+
+        rgb = to_uint8_rgb(image, contrast_limits)
+        disk = EmbeddingDiskCache(self.cache_dir)
+        key = ("sam", self.model)
+        with resources.using_model(key, lambda: _load_sam_predictor(self.model)) as predictor:
+            model_id = predictor.model_id
+            disk_key = disk_cache_key(
+                model_id, image_fingerprint(rgb), contrast_limits=contrast_limits
+            )
+            if disk.get(disk_key, model_id=model_id) is not None:
+                return SliceOutcome(None, 0)
+            predictor.set_image(rgb)
+            state = predictor.get_embedding_state()
+        if not disk.put(disk_key, state):
+            raise OSError(f"cannot write the embedding to {self.cache_dir}: {disk.disabled_reason}")
+        return SliceOutcome(None, 1)
+
+
+def _load_grounding_detector(model: ModelSpec) -> Any:
+    from napari_segany.grounding import GroundingDinoDetector, load_grounding_dino
+
+    return GroundingDinoDetector(
+        load_grounding_dino(model.source, device=model.device, precision=model.precision)
+    )
+
+
+@dataclass(frozen=True)
+class SegmentWithText:
+    """Grounded SAM: Grounding DINO finds boxes for a text prompt, SAM segments each box.
+
+    Attributes
+    ----------
+    model
+        The SAM model.
+    detector
+        The Grounding DINO model.
+    prompt
+        What to find, e.g. ``"nucleus. mitochondrion."``.
+    box_threshold, text_threshold, max_objects
+        See :func:`napari_segany.grounding.segment_with_text`.
+    """
+
+    model: ModelSpec
+    detector: ModelSpec
+    prompt: str
+    box_threshold: float = 0.35
+    text_threshold: float = 0.25
+    max_objects: int = 100
+
+    family = "grounded-sam"
+
+    def run(
+        self,
+        image: np.ndarray,
+        contrast_limits: tuple[float, float] | None,
+        resources: WorkerResources,
+    ) -> SliceOutcome:
+        """Instance labels (1..N) of the objects the prompt names in ``image``."""
+        from napari_segany.grounding import segment_with_text
+
+        detector_key = ("grounding-dino", self.detector)
+        sam_key = ("sam", self.model)
+        with (
+            resources.using_model(
+                detector_key, lambda: _load_grounding_detector(self.detector)
+            ) as detector,
+            resources.using_model(sam_key, lambda: _load_sam_predictor(self.model)) as predictor,
+        ):
+            result = segment_with_text(
+                image,
+                self.prompt,
+                detector=detector,
+                sam=predictor,
+                box_threshold=self.box_threshold,
+                text_threshold=self.text_threshold,
+                max_objects=self.max_objects,
+                contrast_limits=contrast_limits,
+            )
+        return SliceOutcome(result.labels, len(result.objects))

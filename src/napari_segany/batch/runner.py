@@ -54,6 +54,12 @@ class BatchOptions:
         No progress bar (errors are still printed).
     contrast_limits
         Intensities mapped to 0..255 for every input; None: automatic (one pair per stack).
+    stack_contrast
+        Without ``contrast_limits``, scale every slice of a stack by one pair computed from a
+        sample of its slices (True), or each slice by its own percentiles (False, as a script's
+        ``contrast_limits=None``).
+    record_dir
+        Where the run record goes when there is no ``out_dir`` (``embed``: the cache folder).
     workers, threads, scheduler
         Executor choice (see :func:`napari_segany.batch.executors.make_executor`).
     """
@@ -64,6 +70,8 @@ class BatchOptions:
     overwrite: bool = False
     quiet: bool = False
     contrast_limits: tuple[float, float] | None = None
+    stack_contrast: bool = True
+    record_dir: Path | None = None
     workers: int | None = None
     threads: int | None = None
     scheduler: str | None = None
@@ -146,6 +154,7 @@ def run_batch(
     """
     stderr = stderr or sys.stderr
     out_dir = options.out_dir
+    record_dir = out_dir if out_dir is not None else options.record_dir
     specs, missing = discover_inputs(arguments, recursive=options.recursive, exclude=out_dir)
     own_executor = executor is None
     if executor is None:
@@ -153,7 +162,7 @@ def run_batch(
             workers=options.workers, threads=options.threads, scheduler=options.scheduler
         )
     record = RunRecord(command, parameters, model, executor.describe())
-    previous = _previous_records(out_dir)
+    previous = _previous_records(record_dir)
     from tqdm.auto import tqdm
 
     def report(message: str) -> None:
@@ -173,8 +182,8 @@ def run_batch(
         record.inputs.append(state.record)
         if state.record.status == "failed":
             report(f"FAILED {state.record.error}")
-    if out_dir is not None:
-        record.write(out_dir)
+    if record_dir is not None:
+        record.write(record_dir)
 
     progress = tqdm(
         total=len(tasks), unit="slice", file=stderr, disable=options.quiet, desc=command
@@ -189,8 +198,8 @@ def run_batch(
                     _fail(state, f"writing {task.target.path}: {_describe(result)}", report)
                 else:
                     state.record.status = "done"
-                if out_dir is not None:
-                    record.write(out_dir)
+                if record_dir is not None:
+                    record.write(record_dir)
                 continue
             progress.update(1)
             if isinstance(result, BaseException):
@@ -201,8 +210,8 @@ def run_batch(
             if state.remaining == 0:
                 if state.errors:
                     _fail(state, "; ".join(state.errors[:3]), report)
-                    if out_dir is not None:
-                        record.write(out_dir)
+                    if record_dir is not None:
+                        record.write(record_dir)
                 elif state.target is not None and (
                     state.target.is_stack or state.target.kind == "zarr"
                 ):
@@ -211,8 +220,8 @@ def run_batch(
                     )
                 else:
                     state.record.status = "done"
-                    if out_dir is not None:
-                        record.write(out_dir)
+                    if record_dir is not None:
+                        record.write(record_dir)
         loads = getattr(executor, "model_loads", None)
         if callable(loads) and tasks:
             try:
@@ -226,13 +235,13 @@ def run_batch(
     if out_dir is not None:
         _remove_empty_progress_folder(out_dir)
     record.finish()
-    if out_dir is not None:
-        record.write(out_dir)
+    if record_dir is not None:
+        record.write(record_dir)
     done = sum(r.status == "done" for r in record.inputs)
     skipped = sum(r.status == "skipped" for r in record.inputs)
     summary = f"{done} done, {skipped} skipped, {len(record.failed)} failed"
-    if out_dir is not None:
-        summary += f"; record: {out_dir / RUN_FILE_NAME}"
+    if record_dir is not None:
+        summary += f"; record: {record_dir / RUN_FILE_NAME}"
     if not options.quiet or record.failed:
         report(summary)
     return record
@@ -321,7 +330,9 @@ def _plan_item(
             record.objects = (record.objects or 0) + int(info.get("objects", 0))
             state.max_label = max(state.max_label, int(info.get("max_label", 0)))
         try:
-            limits = options.contrast_limits or stack_limits(volume)
+            limits = options.contrast_limits
+            if limits is None and options.stack_contrast:
+                limits = stack_limits(volume)
         except Exception as exc:
             record.status = "failed"
             record.error = f"{spec.label}: cannot read it ({_describe(exc)})"

@@ -13,7 +13,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from napari_segany.cli import everything, models, seggpt
+from napari_segany.cli import embed, everything, models, seggpt, text
 from napari_segany.cli.common import UsageError
 
 __all__ = ["build_parser", "main"]
@@ -34,6 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     everything.add_parser(subparsers)
     seggpt.add_parser(subparsers)
+    text.add_parser(subparsers)
+    embed.add_parser(subparsers)
     models.add_parsers(subparsers)
     return parser
 
