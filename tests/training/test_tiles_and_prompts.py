@@ -99,3 +99,56 @@ def test_correction_click_targets_the_largest_error():
     assert label == 0 and int(point[1]) < 5
     region = np.zeros_like(target)
     assert correction_click(prediction, target, region) is None
+
+
+def test_parse_slices_and_build_request_for_a_stack():
+    import pytest
+
+    from napari_segany.training.finetune_job import build_request, parse_slices
+    from napari_segany.training.settings import FinetuneSettings
+
+    assert parse_slices("all", 4) == [0, 1, 2, 3]
+    assert parse_slices("0-2, 5, -1", 10) == [0, 1, 2, 5, 9]
+    assert parse_slices("2:4", 10) == [2, 3]
+    assert parse_slices("", 3) == []
+    with pytest.raises(ValueError, match="outside"):
+        parse_slices("7", 3)
+    with pytest.raises(ValueError, match="cannot read"):
+        parse_slices("a-b", 3)
+    stack = np.zeros((10, 32, 32))
+    labels = np.zeros((10, 32, 32), np.int32)
+    request = build_request(
+        stack,
+        labels,
+        rgb=False,
+        train_slices="0-6",
+        held_out_slices="8",
+        model_source="sam-vit-b",
+        device="cpu",
+        precision="fp32",
+        settings=FinetuneSettings(),
+        save_folder="out",
+    )
+    assert request.provenance["train_slices"] == [0, 1, 2, 3, 4]
+    assert request.provenance["held_out_slices"] == [8]
+    assert len(request.images) == 5 and len(request.val_images) == 1
+    assert "left out" in request.notes[0]
+    flat = build_request(
+        np.zeros((32, 32, 3), np.uint8),
+        labels[0],
+        rgb=True,
+        train_slices="all",
+        held_out_slices="3",
+        model_source="m",
+        device="cpu",
+        precision="fp32",
+        settings=FinetuneSettings(),
+        save_folder="out",
+    )
+    assert len(flat.images) == 1 and flat.val_images == []
+    with pytest.raises(ValueError, match="no training slice"):
+        build_request(
+            stack, labels, rgb=False, train_slices="7", held_out_slices="8",
+            model_source="m", device="cpu", precision="fp32",
+            settings=FinetuneSettings(), save_folder="out",
+        )  # fmt: skip
