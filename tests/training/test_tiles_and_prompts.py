@@ -129,9 +129,9 @@ def test_parse_slices_and_build_request_for_a_stack():
         settings=FinetuneSettings(),
         save_folder="out",
     )
-    assert request.provenance["train_slices"] == [0, 1, 2, 3, 4]
+    assert request.provenance["train_slices"] == [0, 1, 2, 3, 4, 5]  # 6 is 2 from 8
     assert request.provenance["held_out_slices"] == [8]
-    assert len(request.images) == 5 and len(request.val_images) == 1
+    assert len(request.images) == 6 and len(request.val_images) == 1
     assert "left out" in request.notes[0]
     flat = build_request(
         np.zeros((32, 32, 3), np.uint8),
