@@ -44,6 +44,8 @@ def test_two_workers_give_the_single_process_labels(
     loads = record["execution"]["model_loads_per_worker"]
     # Six slice tasks on two workers: each worker loaded the model at most once.
     assert len(loads) == 2 and all(n <= 1 for n in loads.values()) and sum(loads.values()) >= 1
+    memory = record["execution"]["peak_memory_mb_per_worker"]
+    assert set(memory) == set(loads) and all(mb > 0 for mb in memory.values())
     single_record = json.loads((single / "napari-segany-run.json").read_text())
     assert [r["objects"] for r in record["inputs"]] == [
         r["objects"] for r in single_record["inputs"]

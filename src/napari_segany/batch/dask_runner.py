@@ -133,6 +133,12 @@ class DaskExecutor:
         """Model loads per worker address."""
         return worker_model_loads(self.client)
 
+    def peak_memory_mb(self) -> dict[str, float]:
+        """Peak resident memory of each worker process (MiB)."""
+        from napari_segany.batch.executors import peak_rss_mb
+
+        return self.client.run(peak_rss_mb)
+
     def describe(self) -> dict[str, Any]:
         """For the run record."""
         info = self.client.scheduler_info()

@@ -8,13 +8,14 @@ submitted while earlier ones are being collected. The dask executor lives in
 
 from __future__ import annotations
 
+import sys
 from collections import deque
 from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
 from napari_segany.batch.worker_resources import WorkerResources
 
-__all__ = ["Executor", "SerialExecutor", "make_executor"]
+__all__ = ["Executor", "SerialExecutor", "make_executor", "peak_rss_mb"]
 
 TaskFunction = Callable[[Any, WorkerResources], Any]
 
@@ -71,9 +72,23 @@ class SerialExecutor:
         """Model loads in this process."""
         return {"this process": self.resources.loads}
 
+    def peak_memory_mb(self) -> dict[str, float]:
+        """Peak resident memory of this process (MiB)."""
+        return {"this process": peak_rss_mb()}
+
     def close(self) -> None:
         """Release models and files."""
         self.resources.close()
+
+
+def peak_rss_mb() -> float:
+    """Peak resident set size of the calling process in MiB (0 where the OS does not say)."""
+    try:
+        import resource
+    except ImportError:  # Windows
+        return 0.0
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return round(peak / (2**20 if sys.platform == "darwin" else 2**10), 1)
 
 
 def make_executor(

@@ -222,12 +222,8 @@ def run_batch(
                     state.record.status = "done"
                     if record_dir is not None:
                         record.write(record_dir)
-        loads = getattr(executor, "model_loads", None)
-        if callable(loads) and tasks:
-            try:
-                record.execution["model_loads_per_worker"] = loads()
-            except Exception:  # informative only; a cluster going away must not fail the run
-                pass
+        if tasks:
+            _record_worker_facts(record, executor)
     finally:
         progress.close()
         if own_executor:
@@ -245,6 +241,20 @@ def run_batch(
     if not options.quiet or record.failed:
         report(summary)
     return record
+
+
+def _record_worker_facts(record: RunRecord, executor: Executor) -> None:
+    """Model loads and peak memory per worker, where the executor can tell (informative only)."""
+    for name, method in (
+        ("model_loads_per_worker", "model_loads"),
+        ("peak_memory_mb_per_worker", "peak_memory_mb"),
+    ):
+        function = getattr(executor, method, None)
+        if callable(function):
+            try:
+                record.execution[name] = function()
+            except Exception:  # a cluster going away must not fail a finished run
+                pass
 
 
 def _remove_empty_progress_folder(out_dir: Path) -> None:
