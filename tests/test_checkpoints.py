@@ -110,7 +110,9 @@ def test_build_with_weights_fills_weights_and_recomputes_buffers():
 
 
 def _fake_hub(files: dict[str, Path], calls: list[str]):
-    def hf_hub_download(repo_id, filename, revision=None):
+    def hf_hub_download(repo_id, filename, revision=None, local_files_only=False):
+        if local_files_only:  # nothing cached: the files come from the (fake) network
+            raise LocalEntryNotFoundError(f"{filename} is not cached")
         calls.append(filename)
         if filename not in files:
             raise EntryNotFoundError(f"{filename} not in {repo_id}")
@@ -128,6 +130,7 @@ def test_download_falls_back_to_the_next_weights_layout(tmp_path, monkeypatch):
         "pytorch_model.bin": tmp_path / "pytorch_model.bin",
     }
     monkeypatch.setattr("huggingface_hub.hf_hub_download", _fake_hub(files, calls))
+    monkeypatch.setattr(checkpoints, "hub_reachable", lambda *a: True)
     folder = checkpoints.download_from_hub("owner/model")
     assert folder == tmp_path
     assert calls == ["config.json", "model.safetensors", "pytorch_model.bin"]
@@ -135,7 +138,7 @@ def test_download_falls_back_to_the_next_weights_layout(tmp_path, monkeypatch):
 
 
 def test_offline_without_cache_says_how_to_get_the_weights(monkeypatch):
-    def offline(repo_id, filename, revision=None):
+    def offline(repo_id, filename, revision=None, **kwargs):
         raise LocalEntryNotFoundError("offline mode is enabled")
 
     monkeypatch.setattr("huggingface_hub.hf_hub_download", offline)
@@ -154,7 +157,7 @@ def test_offline_cache_with_only_the_bin_layout_is_found(tmp_path, monkeypatch):
         "pytorch_model.bin": tmp_path / "pytorch_model.bin",
     }
 
-    def cached_only(repo_id, filename, revision=None):
+    def cached_only(repo_id, filename, revision=None, **kwargs):
         if filename not in files:
             raise LocalEntryNotFoundError(f"{filename} is not cached and offline mode is on")
         return str(files[filename])

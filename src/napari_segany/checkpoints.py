@@ -104,7 +104,7 @@ def read_folder_state_dict(folder: str | os.PathLike) -> dict[str, torch.Tensor]
     for name in HUB_INDEX_FILES:
         index = folder / name
         if index.is_file():
-            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+            shards = shard_names(index)
             state: dict[str, torch.Tensor] = {}
             for shard in shards:
                 state.update(read_state_dict(folder / shard))
@@ -114,15 +114,102 @@ def read_folder_state_dict(folder: str | os.PathLike) -> dict[str, torch.Tensor]
     )
 
 
+def shard_names(index: str | os.PathLike) -> list[str]:
+    """The shard file names listed by a sharded checkpoint's ``*.index.json`` (sorted, unique).
+
+    Raises
+    ------
+    CheckpointError
+        Not JSON, no ``weight_map`` object, or a shard that is not a plain file name.
+    """
+    index = Path(index)
+    try:
+        content = json.loads(index.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{index} is not valid JSON: {exc}") from exc
+    weight_map = content.get("weight_map") if isinstance(content, dict) else None
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise CheckpointError(
+            f'{index} has no "weight_map" object naming the shard of each weight, so the '
+            f"sharded checkpoint cannot be read (incomplete download?)"
+        )
+    shards = sorted({str(v) for v in weight_map.values()})
+    bad = [s for s in shards if Path(s).name != s or s in ("", ".", "..")]
+    if bad:
+        raise CheckpointError(f"{index} names shards outside its folder: {bad[:3]}")
+    return shards
+
+
+WEIGHT_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors", ".ckpt", ".json")
+
+
+def looks_like_path(text: str) -> bool:
+    """Whether a model source can only be a local path (never a registry name or hub repo id).
+
+    True when it starts with ``.``, ``/`` or ``~``, contains a backslash or the platform's
+    separator other than ``/``, has more than one ``/`` or ends with a weights-file suffix.
+    """
+    return (
+        text.startswith((".", "/", "~"))
+        or "\\" in text
+        or (os.sep != "/" and os.sep in text)
+        or text.count("/") > 1
+        or text.lower().endswith(WEIGHT_SUFFIXES)
+    )
+
+
+def check_model_source(source: object, registry: Mapping[str, object]) -> str:
+    """The model source as a string; a clear error for ``None``, empty or missing paths.
+
+    Raises
+    ------
+    ValueError
+        ``None`` or an empty string.
+    TypeError
+        Neither a string nor a path.
+    FileNotFoundError
+        A path-like string (:func:`looks_like_path`) that does not exist and is no registry name.
+    """
+    if source is None:
+        raise ValueError(
+            f"no model given: pass a registry name ({', '.join(registry)}), a checkpoint file "
+            f"or folder, or a Hugging Face Hub repo id"
+        )
+    if not isinstance(source, str | os.PathLike):
+        raise TypeError(
+            f"a model source is a name or a path, not {type(source).__name__}; to use a loaded "
+            f"model pass it to the predictor directly"
+        )
+    text = os.fspath(source)
+    if not isinstance(text, str):
+        text = os.fsdecode(text)
+    if not text.strip():
+        raise ValueError(
+            f"the model name is empty: pass a registry name ({', '.join(registry)}), a "
+            f"checkpoint file or folder, or a Hugging Face Hub repo id"
+        )
+    if text not in registry and looks_like_path(text) and not Path(text).expanduser().exists():
+        raise FileNotFoundError(
+            f"no such file or folder: {text!r} (not a registry name either: {', '.join(registry)})"
+        )
+    return text
+
+
 def read_config(folder: str | os.PathLike) -> dict:
-    """Read ``config.json`` of a Hugging Face layout folder."""
+    """Read ``config.json`` of a Hugging Face layout folder (a JSON object)."""
     path = Path(folder) / "config.json"
     if not path.is_file():
         raise CheckpointError(f"{folder} has no config.json, so its architecture is unknown")
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
+        config = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise CheckpointError(f"{path} is not valid JSON: {exc}") from exc
+    if not isinstance(config, dict):
+        raise CheckpointError(
+            f"{path} holds a JSON {type(config).__name__}, not an object with the model's "
+            f"configuration"
+        )
+    return config
 
 
 def download_from_hub(
@@ -131,11 +218,14 @@ def download_from_hub(
     *,
     revision: str | None = None,
     single_file: str | None = None,
+    display_name: str | None = None,
 ) -> Path:
     """Download files of a hub repository into the standard Hugging Face cache.
 
     A download shows huggingface_hub's progress bar and happens once; later calls find the files
-    in the cache (also with ``HF_HUB_OFFLINE=1``).
+    in the cache without touching the network (also with ``HF_HUB_OFFLINE=1``). When they are not
+    cached and the hub cannot be reached (offline mode, or no connection within
+    :data:`HUB_PROBE_TIMEOUT` seconds) the call fails at once instead of retrying.
 
     Parameters
     ----------
@@ -148,6 +238,9 @@ def download_from_hub(
         Branch, tag or commit.
     single_file
         Fetch only this one file (e.g. an original ``.pth``) and return its path.
+    display_name
+        How the user calls the model (e.g. the registry name ``"sam-vit-b"``), for the first
+        line of the error message; by default ``repo_id``.
 
     Returns
     -------
@@ -159,40 +252,104 @@ def download_from_hub(
     WeightsUnavailableError
         The files are not cached and cannot be downloaded; the message says how to get them.
     """
-    from huggingface_hub import hf_hub_download
-
-    def fetch(name: str) -> Path:
-        return Path(hf_hub_download(repo_id, name, revision=revision))
-
     try:
-        if single_file is not None:
-            return fetch(single_file)
-        folder = None
-        for name in filenames or ("config.json",):
-            folder = fetch(name).parent
-        offline_error: Exception | None = None
-        for name in HUB_WEIGHT_FILES + HUB_INDEX_FILES:
-            try:
-                path = fetch(name)
-            except Exception as exc:  # the repo (or the offline cache) lacks this file: next layout
-                if not _is_missing_file(exc):
-                    raise
-                if _is_offline(exc):
-                    offline_error = exc
-                continue
-            if name in HUB_INDEX_FILES:
-                for shard in sorted(set(json.loads(path.read_text())["weight_map"].values())):
-                    fetch(shard)
-            return path.parent if folder is None else folder
-        if offline_error is not None:
-            raise offline_error
+        return _fetch_repo(repo_id, filenames, revision, single_file, local_only=True)
+    except Exception:  # not (completely) in the cache: the network is needed
+        pass
+    name = display_name or repo_id
+    if _hub_offline_mode() or not hub_reachable():
         raise WeightsUnavailableError(
-            f"hub repo {repo_id!r} has no weights file ({HUB_WEIGHT_FILES})"
+            f"{name} is not downloaded and there is no internet\n\n"
+            + _offline_message(repo_id, single_file, None)
         )
+    try:
+        return _fetch_repo(repo_id, filenames, revision, single_file, local_only=False)
     except WeightsUnavailableError:
         raise
     except Exception as exc:
-        raise WeightsUnavailableError(_offline_message(repo_id, single_file, exc)) from exc
+        raise WeightsUnavailableError(
+            f"{name} could not be downloaded\n\n" + _offline_message(repo_id, single_file, exc)
+        ) from exc
+
+
+HUB_PROBE_TIMEOUT = 3.0
+"""Seconds to wait for a connection to the Hugging Face Hub before calling it unreachable."""
+
+
+def hub_reachable(timeout: float = HUB_PROBE_TIMEOUT) -> bool:
+    """Whether the Hugging Face Hub answers an HTTP request within ``timeout`` seconds.
+
+    Any HTTP answer counts (even an error status); no answer, a refused connection or a name that
+    does not resolve does not. The request runs in a helper thread, so a hanging name lookup or
+    connection cannot block longer than ``timeout``.
+    """
+    import threading
+    import urllib.error
+    import urllib.request
+
+    from huggingface_hub import constants
+
+    url = constants.ENDPOINT.rstrip("/") + "/api/models?limit=1"
+    result: list[bool] = []
+
+    def probe() -> None:
+        try:
+            request = urllib.request.Request(url, method="HEAD")
+            with urllib.request.urlopen(request, timeout=timeout):
+                result.append(True)
+        except urllib.error.HTTPError:
+            result.append(True)  # the hub answered
+        except Exception:
+            result.append(False)
+
+    thread = threading.Thread(target=probe, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    return bool(result and result[0])
+
+
+def _hub_offline_mode() -> bool:
+    from huggingface_hub import constants
+
+    flag = os.environ.get("HF_HUB_OFFLINE", "")
+    return bool(constants.HF_HUB_OFFLINE) or flag.strip().lower() in ("1", "true", "yes", "on")
+
+
+def _fetch_repo(
+    repo_id: str,
+    filenames: Iterable[str] | None,
+    revision: str | None,
+    single_file: str | None,
+    *,
+    local_only: bool,
+) -> Path:
+    from huggingface_hub import hf_hub_download
+
+    def fetch(name: str) -> Path:
+        return Path(hf_hub_download(repo_id, name, revision=revision, local_files_only=local_only))
+
+    if single_file is not None:
+        return fetch(single_file)
+    folder = None
+    for name in filenames or ("config.json",):
+        folder = fetch(name).parent
+    offline_error: Exception | None = None
+    for name in HUB_WEIGHT_FILES + HUB_INDEX_FILES:
+        try:
+            path = fetch(name)
+        except Exception as exc:  # the repo (or the offline cache) lacks this file: next layout
+            if not _is_missing_file(exc):
+                raise
+            if _is_offline(exc):
+                offline_error = exc
+            continue
+        if name in HUB_INDEX_FILES:
+            for shard in shard_names(path):
+                fetch(shard)
+        return path.parent if folder is None else folder
+    if offline_error is not None:
+        raise offline_error
+    raise WeightsUnavailableError(f"hub repo {repo_id!r} has no weights file ({HUB_WEIGHT_FILES})")
 
 
 def _is_missing_file(exc: Exception) -> bool:
@@ -207,11 +364,16 @@ def _is_offline(exc: Exception) -> bool:
     return isinstance(exc, LocalEntryNotFoundError)
 
 
-def _offline_message(repo_id: str, filename: str | None, exc: Exception) -> str:
+def _offline_message(repo_id: str, filename: str | None, exc: Exception | None) -> str:
     what = f"{filename!r} from " if filename else ""
+    failure = (
+        f"downloading failed ({type(exc).__name__}: {exc})"
+        if exc is not None
+        else "the Hugging Face Hub cannot be reached (no network, or HF_HUB_OFFLINE is set)"
+    )
     return (
         f"could not get {what}hub repo {repo_id!r}: it is not in the local Hugging Face cache and "
-        f"downloading failed ({type(exc).__name__}: {exc}). On a machine with internet access run "
+        f"{failure}. On a machine with internet access run "
         f"`hf download {repo_id}` (or `huggingface-cli download {repo_id}`) and copy the cache "
         f"(~/.cache/huggingface, or $HF_HOME), or download the weights yourself and pass the local "
         f"folder or checkpoint file instead of a name."

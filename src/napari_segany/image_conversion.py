@@ -30,7 +30,10 @@ def to_uint8_rgb(
     Raises
     ------
     ValueError
-        Wrong number of dimensions or channels, an empty image, or a non-numeric dtype.
+        Wrong number of dimensions or channels, an empty image, a non-numeric dtype, or contrast
+        limits that are reversed or not finite.
+    TypeError
+        A complex image (pick its magnitude, real part or phase first).
     """
     image = np.asarray(image)
     if image.ndim == 3 and image.shape[-1] == 1:
@@ -44,8 +47,15 @@ def to_uint8_rgb(
         )
     if image.shape[0] == 0 or image.shape[1] == 0:
         raise ValueError(f"image is empty (shape {image.shape})")
+    if np.issubdtype(image.dtype, np.complexfloating):
+        raise TypeError(
+            f"complex images ({image.dtype}) cannot be segmented: pass np.abs(image) (magnitude), "
+            f"image.real or np.angle(image) instead"
+        )
     if not (np.issubdtype(image.dtype, np.number) or image.dtype == bool):
         raise ValueError(f"image dtype {image.dtype} is not numeric")
+    if contrast_limits is not None:
+        contrast_limits = check_contrast_limits(contrast_limits)
     if image.dtype == bool:
         scaled = image.astype(np.uint8) * 255
     elif contrast_limits is not None:
@@ -65,13 +75,37 @@ def to_uint8_rgb(
     return np.ascontiguousarray(scaled)
 
 
+def check_contrast_limits(contrast_limits: tuple[float, float]) -> tuple[float, float]:
+    """``(low, high)`` as floats; ``ValueError`` unless both are finite and ``low <= high``."""
+    try:
+        low, high = (float(v) for v in contrast_limits)
+    except (TypeError, ValueError):
+        raise ValueError(
+            f"contrast limits must be two numbers (low, high), got {contrast_limits!r}"
+        ) from None
+    if not (np.isfinite(low) and np.isfinite(high)):
+        raise ValueError(f"contrast limits must be finite numbers, got ({low}, {high})")
+    if high < low:
+        raise ValueError(
+            f"contrast limits are reversed: low {low} > high {high}; give them as (low, high)"
+        )
+    return low, high
+
+
 def rescale_to_uint8(image: np.ndarray, low: float, high: float) -> np.ndarray:
-    """Linearly map ``[low, high]`` to ``[0, 255]``, clipping outside; NaN becomes 0."""
+    """Linearly map ``[low, high]`` to ``[0, 255]``, clipping outside; NaN becomes 0.
+
+    Integer images up to the uint64/int64 extremes neither overflow nor divide by zero: when
+    ``high <= low`` in floating point (e.g. a constant image) values above ``low`` become 255 and
+    the rest 0.
+    """
     low, high = float(low), float(high)
-    if not high > low:
-        high = low + 1.0
-    out = (image.astype(np.float32) - low) * (255.0 / (high - low))
-    out = np.nan_to_num(out, nan=0.0)
+    values = image.astype(np.float32)
+    if not high - low > 0:
+        out = np.where(values > low, 255.0, 0.0)
+    else:
+        out = (values - np.float32(low)) * np.float32(255.0 / (high - low))
+    out = np.nan_to_num(out, nan=0.0, posinf=255.0, neginf=0.0)
     return np.clip(np.rint(out), 0, 255).astype(np.uint8)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 
 import pytest
 import torch
@@ -17,6 +18,7 @@ from napari_segany.sam.checkpoint_layouts import (
     ORIGINAL,
     TRANSFORMERS,
     architecture_from_state_dict,
+    architecture_from_transformers_config,
     detect_layout,
     rename_transformers_keys,
 )
@@ -120,6 +122,10 @@ def test_source_kinds_resolve_through_the_hub(monkeypatch, tiny_sam_hf_folder):
         return tiny_sam_hf_folder
 
     monkeypatch.setattr(checkpoints, "download_from_hub", fake_download)
+    # the tiny folder stands in for the downloads: registry entries with its architecture
+    tiny = architecture_from_transformers_config(checkpoints.read_config(tiny_sam_hf_folder))
+    for name in ("medsam-vit-b", "slimsam-77"):
+        monkeypatch.setitem(SAM_MODELS, name, replace(SAM_MODELS[name], architecture=tiny))
     by_name = load_sam("medsam-vit-b", precision="fp32")
     assert calls[-1] == "wanglab/medsam-vit-base"
     assert by_name.name == "medsam-vit-b"
@@ -223,3 +229,18 @@ def test_folder_without_config_is_a_checkpoint_error(tmp_path, tiny_sam_hf_folde
     shutil.copy(tiny_sam_hf_folder / "model.safetensors", folder / "model.safetensors")
     with pytest.raises(CheckpointError, match="config.json"):
         load_sam(folder)
+
+
+def test_registry_name_builds_from_its_entry_and_a_disagreeing_config_is_an_error(
+    monkeypatch, tiny_sam_hf_folder
+):
+    monkeypatch.setattr(checkpoints, "download_from_hub", lambda *a, **k: tiny_sam_hf_folder)
+    with pytest.raises(checkpoints.CheckpointError, match="disagrees with the registry entry"):
+        load_sam("sam-vit-b", precision="fp32")  # the tiny config is not ViT-B
+    tiny = architecture_from_transformers_config(checkpoints.read_config(tiny_sam_hf_folder))
+    monkeypatch.setitem(
+        SAM_MODELS, "sam-vit-b", replace(SAM_MODELS["sam-vit-b"], architecture=tiny)
+    )
+    model = load_sam("sam-vit-b", precision="fp32")
+    assert model.architecture.encoder_embed_dim == tiny.encoder_embed_dim
+    assert model.name == "sam-vit-b"

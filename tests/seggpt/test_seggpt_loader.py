@@ -76,7 +76,7 @@ def test_folder_of_another_model_type_is_rejected(tmp_path, tiny_seggpt_hf_folde
 
 
 def test_unknown_source_raises_file_not_found(tmp_path):
-    with pytest.raises(FileNotFoundError, match="registered model"):
+    with pytest.raises(FileNotFoundError, match="no such file or folder"):
         load_seggpt(tmp_path / "nothing_here.pth")
 
 
@@ -95,7 +95,7 @@ def test_registry_name_and_hub_id_go_through_the_hub_download(
 ):
     calls = []
 
-    def fake_download(repo_id, filenames=None, *, revision=None, single_file=None):
+    def fake_download(repo_id, filenames=None, *, revision=None, single_file=None, **kwargs):
         calls.append((repo_id, single_file))
         return tiny_seggpt_pth if single_file else tiny_seggpt_hf_folder
 

@@ -136,10 +136,19 @@ def architecture_from_transformers_config(config: Mapping) -> SamArchitecture:
 
     Missing fields take transformers' defaults (SlimSAM's files only list the pruned widths).
     """
+    if not isinstance(config, Mapping):
+        raise CheckpointError(f"config.json must hold an object, not a {type(config).__name__}")
     if config.get("model_type") not in (None, "sam"):
         raise CheckpointError(
             f"config.json describes a {config.get('model_type')!r} model, not SAM"
         )
+    try:
+        return _architecture_from_config(config)
+    except (TypeError, ValueError, ZeroDivisionError) as exc:
+        raise CheckpointError(f"config.json describes no usable SAM model: {exc}") from exc
+
+
+def _architecture_from_config(config: Mapping) -> SamArchitecture:
     vision = dict(config.get("vision_config") or {})
     prompt = dict(config.get("prompt_encoder_config") or {})
     decoder = dict(config.get("mask_decoder_config") or {})
@@ -273,4 +282,14 @@ def matching_variant_names(architecture: SamArchitecture) -> list[str]:
 
     return [
         name for name, v in SAM_MODELS.items() if numbers(v.architecture) == numbers(architecture)
+    ]
+
+
+def architecture_differences(expected: SamArchitecture, found: SamArchitecture) -> list[str]:
+    """``"field: expected vs found"`` for every number that differs (layer-norm epsilons aside)."""
+    ignore = {"decoder_layer_norm_eps", "encoder_layer_norm_eps"}
+    return [
+        f"{f.name}: {getattr(expected, f.name)} vs {getattr(found, f.name)}"
+        for f in fields(expected)
+        if f.name not in ignore and getattr(expected, f.name) != getattr(found, f.name)
     ]

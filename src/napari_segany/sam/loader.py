@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -135,25 +136,27 @@ def load_sam(
 
     Raises
     ------
+    ValueError
+        ``source`` is ``None`` or empty.
     FileNotFoundError
-        A path-like source that does not exist and is no registry name or repo id.
+        A path-like source that does not exist (it starts with ``.``, ``/`` or ``~``, has a
+        weights-file suffix or several ``/``): raised at once, without a hub look-up.
     napari_segany.checkpoints.CheckpointError
-        Unreadable or truncated file, unknown layout, missing / unexpected / mis-shaped keys.
+        Unreadable or truncated file, unknown layout, missing / unexpected / mis-shaped keys,
+        a registry model whose downloaded config disagrees with its registry entry.
     napari_segany.checkpoints.WeightsUnavailableError
         Weights neither cached nor downloadable; the message says how to get them.
     """
+    text = checkpoints.check_model_source(source, SAM_MODELS)
     dev = resolve_device(device)
     dtype = resolve_dtype(precision, dev)
     override = _resolve_preprocessing(preprocessing)
-    text = os.fspath(source)
     path = Path(text).expanduser()
 
     if text in SAM_MODELS:
         variant = SAM_MODELS[text]
-        folder = checkpoints.download_from_hub(variant.hub_repo)
-        return _load_folder(
-            folder, dev, dtype, name=variant.name, preprocessing=override or variant.preprocessing
-        )
+        folder = checkpoints.download_from_hub(variant.hub_repo, display_name=variant.name)
+        return _load_registry_folder(folder, variant, dev, dtype, override or variant.preprocessing)
     # A fine-tuned model folder (napari_segany.training): base model + saved changes.
     if path.is_dir() and (path / "napari_segany_finetune.json").is_file():
         from napari_segany.training.saved_model import load_finetuned_sam
@@ -165,14 +168,58 @@ def load_sam(
         )
     if path.is_file():
         return _load_file(path, dev, dtype, preprocessing=override or _guess_preprocessing(path))
-    if _looks_like_repo_id(text):
-        folder = checkpoints.download_from_hub(text)
+    if _looks_like_repo_id(text) and not checkpoints.looks_like_path(text):
+        folder = checkpoints.download_from_hub(
+            text, display_name=f"no such file or folder {text!r}; as a hub repo, {text!r}"
+        )
         variant = _variant_of_repo(text)
-        guessed = variant.preprocessing if variant else _guess_preprocessing(Path(text))
+        if variant is not None:
+            return _load_registry_folder(
+                folder, variant, dev, dtype, override or variant.preprocessing, name=text
+            )
+        guessed = _guess_preprocessing(Path(text))
         return _load_folder(folder, dev, dtype, name=text, preprocessing=override or guessed)
     raise FileNotFoundError(
-        f"{text!r} is not a registry name ({', '.join(SAM_MODELS)}), an existing file or folder, "
-        f"or a Hugging Face Hub repo id (owner/name)"
+        f"no such file or folder: {text!r} (and it is not a registry name: "
+        f"{', '.join(SAM_MODELS)}, nor a Hugging Face Hub repo id owner/name)"
+    )
+
+
+def _load_registry_folder(
+    folder: Path,
+    variant: SamVariant,
+    device: torch.device,
+    dtype: torch.dtype,
+    preprocessing: SamPreprocessing,
+    *,
+    name: str | None = None,
+) -> Sam:
+    """Build a registry model from its entry's architecture; the folder's config must agree."""
+    config = checkpoints.read_config(folder)
+    described = layouts.architecture_from_transformers_config(config)
+    differences = layouts.architecture_differences(variant.architecture, described)
+    if differences:
+        raise checkpoints.CheckpointError(
+            f"the config.json of {variant.name} ({variant.hub_repo}, in {folder}) disagrees with "
+            f"the registry entry: {'; '.join(differences)}. The download may be of another "
+            f"model; load the folder by its path to use its own config"
+        )
+    architecture = replace(
+        variant.architecture,
+        encoder_layer_norm_eps=described.encoder_layer_norm_eps,
+        decoder_layer_norm_eps=described.decoder_layer_norm_eps,
+    )
+    state = checkpoints.read_folder_state_dict(folder)
+    layout = layouts.detect_layout(state, str(folder))
+    state = layouts.rename_to_original(state, layout)
+    return _build(
+        architecture,
+        state,
+        device,
+        dtype,
+        name=name or variant.name,
+        preprocessing=preprocessing,
+        source=str(folder),
     )
 
 

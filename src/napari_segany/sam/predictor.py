@@ -8,6 +8,7 @@ Public methods take and return numpy arrays in original-image pixels, (x, y) ord
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -85,6 +86,11 @@ class SamPredictor:
     """
 
     def __init__(self, model: torch.nn.Module) -> None:
+        if model is None or not hasattr(model, "image_encoder"):
+            raise ValueError(
+                f"SamPredictor needs a loaded SAM model (napari_segany.sam.load_sam('sam-vit-b')), "
+                f"got {type(model).__name__}"
+            )
         self.model = model
         self.preprocessing: SamPreprocessing = (
             getattr(model, "preprocessing", None) or SamPreprocessing()
@@ -148,7 +154,11 @@ class SamPredictor:
     # -- image -------------------------------------------------------------------------------
 
     def set_image(
-        self, image: np.ndarray, contrast_limits: tuple[float, float] | None = None
+        self,
+        image: np.ndarray,
+        contrast_limits: tuple[float, float] | None = None,
+        *,
+        on_block: Callable[[int, int], None] | None = None,
     ) -> None:
         """Compute the embedding of an image, for later :meth:`predict` calls.
 
@@ -160,6 +170,9 @@ class SamPredictor:
             percentiles (:func:`napari_segany.image_conversion.to_uint8_rgb`).
         contrast_limits
             (low, high) intensities mapped to 0 and 255.
+        on_block
+            ``on_block(done, total)`` after each image-encoder block; raising from it abandons
+            the embedding (how *Cancel* acts within one block).
         """
         rgb = to_uint8_rgb(image, contrast_limits)
         size = self.model.image_size
@@ -173,11 +186,15 @@ class SamPredictor:
         pixels = (
             torch.from_numpy(np.ascontiguousarray(resized)).to(self.device).permute(2, 0, 1)[None]
         )
-        self.set_torch_image(pixels, rgb.shape[:2])
+        self.set_torch_image(pixels, rgb.shape[:2], on_block=on_block)
 
     @torch.inference_mode()
     def set_torch_image(
-        self, transformed_image: torch.Tensor, original_image_size: tuple[int, int]
+        self,
+        transformed_image: torch.Tensor,
+        original_image_size: tuple[int, int],
+        *,
+        on_block: Callable[[int, int], None] | None = None,
     ) -> None:
         """Compute the embedding of an already resized (1, 3, h, w) 0-255 image (h or w = image_size)."""
         size = self.model.image_size
@@ -195,7 +212,7 @@ class SamPredictor:
         pixels = self._normalize(transformed_image.to(self.device, torch.float32))
         pixels = F.pad(pixels, (0, size - input_size[1], 0, size - input_size[0]))
         with explain_out_of_memory("computing the image embedding", "use a smaller model"):
-            features = self.model.embed_image(pixels)
+            features = self.model.embed_image(pixels, on_block=on_block)
         self.features = features
         self.original_size = (int(original_image_size[0]), int(original_image_size[1]))
         self.input_size = input_size

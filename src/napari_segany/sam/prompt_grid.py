@@ -18,7 +18,17 @@ def build_point_grid(n_per_side: int) -> np.ndarray:
     -------
     np.ndarray
         (n_per_side**2, 2) float64, (x, y) in [0, 1]; x varies fastest (row-major grid).
+
+    Raises
+    ------
+    ValueError
+        ``n_per_side`` below 1 (also when a crop layer's ``points_per_side / factor**i`` is).
     """
+    if int(n_per_side) < 1:
+        raise ValueError(
+            f"points per side must be at least 1, got {n_per_side} (points_per_side, divided by "
+            f"crop_n_points_downscale_factor for each crop layer)"
+        )
     offset = 1.0 / (2 * n_per_side)
     one_side = np.linspace(offset, 1.0 - offset, n_per_side)
     xs = np.tile(one_side[None, :], (n_per_side, 1))

@@ -25,6 +25,26 @@ SAM_PIXEL_MEAN = (123.675, 116.28, 103.53)
 SAM_PIXEL_STD = (58.395, 57.12, 57.375)
 
 
+_POSITIVE_FIELDS = (
+    "image_size",
+    "patch_size",
+    "encoder_embed_dim",
+    "encoder_depth",
+    "encoder_num_heads",
+    "encoder_mlp_dim",
+    "encoder_window_size",
+    "prompt_embed_dim",
+    "mask_in_chans",
+    "decoder_depth",
+    "decoder_num_heads",
+    "decoder_mlp_dim",
+    "decoder_attention_downsample_rate",
+    "num_multimask_outputs",
+    "iou_head_depth",
+    "iou_head_hidden_dim",
+)
+
+
 @dataclass(frozen=True)
 class SamArchitecture:
     """Every hyperparameter of a SAM model (image encoder, prompt encoder, mask decoder).
@@ -71,6 +91,10 @@ class SamArchitecture:
         return 4 * self.image_embedding_size
 
     def __post_init__(self) -> None:
+        for name in _POSITIVE_FIELDS:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
         if self.image_size % self.patch_size:
             raise ValueError(
                 f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}"

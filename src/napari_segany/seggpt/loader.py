@@ -13,7 +13,9 @@ import torch
 from ..checkpoints import (
     CheckpointError,
     build_with_weights,
+    check_model_source,
     download_from_hub,
+    looks_like_path,
     read_config,
     read_folder_state_dict,
     read_state_dict,
@@ -70,9 +72,13 @@ def load_seggpt(
         Unreadable file, or keys / shapes that do not fit (missing and unexpected keys named).
     WeightsUnavailableError
         Not cached and cannot be downloaded (offline); the message says how to get the weights.
+    ValueError
+        ``source`` is ``None`` or empty.
     FileNotFoundError
-        A path that does not exist and is no registry name or hub id.
+        A path that does not exist and is no registry name or hub id (path-like strings fail at
+        once, without a hub look-up).
     """
+    check_model_source(source, SEGGPT_MODELS)
     dev = resolve_device(device)
     dtype = resolve_dtype(precision, dev)
     arch, state, label = _read_source(source, architecture, original)
@@ -88,21 +94,27 @@ def _read_source(
     if name in SEGGPT_MODELS and not Path(name).exists():
         info = SEGGPT_MODELS[name]
         if original:
-            path = download_from_hub(info.original_repo, single_file=info.original_filename)
+            path = download_from_hub(
+                info.original_repo, single_file=info.original_filename, display_name=name
+            )
             arch = _architecture(architecture, default=info.architecture)
             return arch, convert_state_dict(read_state_dict(path)), str(path)
-        return _read_folder(download_from_hub(info.hub_repo))
+        return _read_folder(download_from_hub(info.hub_repo, display_name=name))
     path = Path(source)
     if path.is_dir():
         return _read_folder(path)
     if path.is_file():
         arch = _architecture(architecture, default=SEGGPT_MODELS[DEFAULT_SEGGPT_MODEL].architecture)
         return arch, convert_state_dict(read_state_dict(path)), str(path)
-    if _HUB_ID.match(name) and not name.startswith((".", "/")):
-        return _read_folder(download_from_hub(name))
+    if _HUB_ID.match(name) and not looks_like_path(name):
+        return _read_folder(
+            download_from_hub(
+                name, display_name=f"no such file or folder {name!r}; as a hub repo, {name!r}"
+            )
+        )
     raise FileNotFoundError(
-        f"{name!r} is neither a file, a folder, a registered model ({', '.join(SEGGPT_MODELS)}) nor a "
-        f"hub repo id (owner/name)"
+        f"no such file or folder: {name!r} (and it is not a registered model: "
+        f"{', '.join(SEGGPT_MODELS)}, nor a hub repo id owner/name)"
     )
 
 
@@ -112,7 +124,7 @@ def _read_folder(folder: Path) -> tuple[SegGptArchitecture, dict[str, torch.Tens
         raise CheckpointError(f"{folder} holds a {config.get('model_type')!r} model, not SegGPT")
     try:
         arch = SegGptArchitecture.from_hf_config(config)
-    except (TypeError, ValueError) as exc:
+    except (TypeError, ValueError, ZeroDivisionError, IndexError, KeyError) as exc:
         raise CheckpointError(f"{folder}/config.json describes no usable SegGPT: {exc}") from exc
     return arch, convert_state_dict(read_folder_state_dict(folder)), str(folder)
 
