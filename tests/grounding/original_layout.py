@@ -32,30 +32,54 @@ _SWIN = {
     "intermediate.dense": "mlp.fc1",
     "output.dense": "mlp.fc2",
 }
-_DEFORMABLE = {"self_attn_layer_norm": "norm1", "fc1": "linear1", "fc2": "linear2", "final_layer_norm": "norm2"}
-_TEXT = {"fc1": "linear1", "fc2": "linear2", "layer_norm_before": "norm1", "layer_norm_after": "norm2", "self_attn.out_proj": "self_attn.out_proj"}
+_DEFORMABLE = {
+    "self_attn_layer_norm": "norm1",
+    "fc1": "linear1",
+    "fc2": "linear2",
+    "final_layer_norm": "norm2",
+}
+_TEXT = {
+    "fc1": "linear1",
+    "fc2": "linear2",
+    "layer_norm_before": "norm1",
+    "layer_norm_after": "norm2",
+    "self_attn.out_proj": "self_attn.out_proj",
+}
 _FUSION = {
-    "vision_param": "gamma_v", "text_param": "gamma_l", "layer_norm_vision": "layer_norm_v",
-    "layer_norm_text": "layer_norm_l", "attn.vision_proj": "attn.v_proj", "attn.text_proj": "attn.l_proj",
-    "attn.values_vision_proj": "attn.values_v_proj", "attn.values_text_proj": "attn.values_l_proj",
-    "attn.out_vision_proj": "attn.out_v_proj", "attn.out_text_proj": "attn.out_l_proj",
+    "vision_param": "gamma_v",
+    "text_param": "gamma_l",
+    "layer_norm_vision": "layer_norm_v",
+    "layer_norm_text": "layer_norm_l",
+    "attn.vision_proj": "attn.v_proj",
+    "attn.text_proj": "attn.l_proj",
+    "attn.values_vision_proj": "attn.values_v_proj",
+    "attn.values_text_proj": "attn.values_l_proj",
+    "attn.out_vision_proj": "attn.out_v_proj",
+    "attn.out_text_proj": "attn.out_l_proj",
 }
 _DECODER = {
-    "self_attn.out_proj": "self_attn.out_proj", "self_attn_layer_norm": "norm2",
-    "encoder_attn_text.out_proj": "ca_text.out_proj", "encoder_attn_text_layer_norm": "catext_norm",
-    "encoder_attn_layer_norm": "norm1", "encoder_attn": "cross_attn", "fc1": "linear1",
-    "fc2": "linear2", "final_layer_norm": "norm3",
+    "self_attn.out_proj": "self_attn.out_proj",
+    "self_attn_layer_norm": "norm2",
+    "encoder_attn_text.out_proj": "ca_text.out_proj",
+    "encoder_attn_text_layer_norm": "catext_norm",
+    "encoder_attn_layer_norm": "norm1",
+    "encoder_attn": "cross_attn",
+    "fc1": "linear1",
+    "fc2": "linear2",
+    "final_layer_norm": "norm3",
 }
 
 
 def _sub(rest: str, table: dict) -> str:
     for old in sorted(table, key=len, reverse=True):
         if rest == old or rest.startswith(old + "."):
-            return table[old] + rest[len(old):]
+            return table[old] + rest[len(old) :]
     raise KeyError(rest)
 
 
-def to_original_layout(state: dict[str, torch.Tensor], decoder_layers: int) -> dict[str, torch.Tensor]:
+def to_original_layout(
+    state: dict[str, torch.Tensor], decoder_layers: int
+) -> dict[str, torch.Tensor]:
     out: dict[str, torch.Tensor] = {}
     fused: dict[str, dict[str, torch.Tensor]] = {}
 
@@ -84,10 +108,14 @@ def to_original_layout(state: dict[str, torch.Tensor], decoder_layers: int) -> d
             else:
                 out[prefix + _sub(m.group(2), _TEXT)] = value
         elif m := re.match(r"encoder\.layers\.(\d+)\.fusion_layer\.(.*)", key):
-            out[f"transformer.encoder.fusion_layers.{m.group(1)}." + _sub(m.group(2), _FUSION)] = value
+            out[f"transformer.encoder.fusion_layers.{m.group(1)}." + _sub(m.group(2), _FUSION)] = (
+                value
+            )
         elif m := re.match(r"decoder\.layers\.(\d+)\.(.*)", key):
             prefix = f"transformer.decoder.layers.{m.group(1)}."
-            if q := re.match(r"(self_attn|encoder_attn_text)\.(query|key|value)\.(weight|bias)", m.group(2)):
+            if q := re.match(
+                r"(self_attn|encoder_attn_text)\.(query|key|value)\.(weight|bias)", m.group(2)
+            ):
                 module = "self_attn" if q.group(1) == "self_attn" else "ca_text"
                 fuse(f"{prefix}{module}.in_proj_{q.group(3)}", q.group(2), value)
             else:
@@ -99,7 +127,7 @@ def to_original_layout(state: dict[str, torch.Tensor], decoder_layers: int) -> d
         else:
             for old, new in _SIMPLE:
                 if key.startswith(old):
-                    out[new + key[len(old):]] = value
+                    out[new + key[len(old) :]] = value
                     break
             else:
                 raise KeyError(key)

@@ -49,7 +49,9 @@ def test_folder_with_only_vocab_txt(tmp_path, tiny_folder, tiny_loaded):
 
 
 def test_original_release_layout(tmp_path, tiny_loaded):
-    state = to_original_layout(tiny_loaded.model.state_dict(), tiny_loaded.model.config.decoder_layers)
+    state = to_original_layout(
+        tiny_loaded.model.state_dict(), tiny_loaded.model.config.decoder_layers
+    )
     assert is_original_layout(state)
     path = tmp_path / "groundingdino_tiny_test.pth"
     torch.save({"model": state}, path)

@@ -89,7 +89,10 @@ def test_detections_match_transformers_post_processing(
     kept = probs[probs.max(-1)[0] > box_threshold]
     text_threshold = _separated_threshold(kept[torch.isfinite(kept)].numpy(), 0.3, 0.7)
     ref = processor.post_process_grounded_object_detection(
-        outputs, inputs.input_ids, threshold=box_threshold, text_threshold=text_threshold,
+        outputs,
+        inputs.input_ids,
+        threshold=box_threshold,
+        text_threshold=text_threshold,
         target_sizes=[image.shape[:2]],
     )[0]
     found = GroundingDinoDetector(tiny_loaded).detect(image, text, box_threshold, text_threshold)

@@ -31,8 +31,13 @@ def image():
 
 def test_boxes_become_labelled_objects(detector, tiny_sam_model, image):
     result = segment_with_text(
-        image, "cell. nucleus.", detector=detector, sam=tiny_sam_model,
-        box_threshold=0.0, text_threshold=0.0, max_objects=6,
+        image,
+        "cell. nucleus.",
+        detector=detector,
+        sam=tiny_sam_model,
+        box_threshold=0.0,
+        text_threshold=0.0,
+        max_objects=6,
     )
     assert result.labels.shape == image.shape and result.labels.dtype == np.int32
     assert 1 <= len(result.objects) <= 6
@@ -43,7 +48,11 @@ def test_boxes_become_labelled_objects(detector, tiny_sam_model, image):
     iou = pairwise_box_iou(boxes, boxes).fill_diagonal_(0)
     assert (iou <= 0.8).all(), "duplicates survived NMS"
     for obj in result.objects:
-        assert obj.phrase and set(re.findall(r"[\w\[\]]+", obj.phrase)) <= {"cell", "nucleus", "[SEP]"}
+        assert obj.phrase and set(re.findall(r"[\w\[\]]+", obj.phrase)) <= {
+            "cell",
+            "nucleus",
+            "[SEP]",
+        }
         assert 0.0 <= obj.score <= 1.0
         x0, y0, x1, y1 = obj.box
         assert 0 <= x0 <= x1 <= image.shape[1] and 0 <= y0 <= y1 <= image.shape[0]
@@ -57,7 +66,9 @@ def test_boxes_become_labelled_objects(detector, tiny_sam_model, image):
     areas = masks.reshape(len(masks), -1).sum(1)
     expected = np.zeros(image.shape, np.int32)
     label = 0
-    for index in sorted(range(len(masks)), key=lambda i: (areas[i], -result.detections.scores[i], i)):
+    for index in sorted(
+        range(len(masks)), key=lambda i: (areas[i], -result.detections.scores[i], i)
+    ):
         free = masks[index] & (expected == 0)
         if free.any():
             label += 1
@@ -82,8 +93,13 @@ def test_predictor_and_session_give_the_same_labels(detector, tiny_sam_model, im
 
 def test_cap_on_objects(detector, tiny_sam_model, image):
     result = segment_with_text(
-        image, "cell.", detector=detector, sam=tiny_sam_model, box_threshold=0.0,
-        text_threshold=0.0, max_objects=1,
+        image,
+        "cell.",
+        detector=detector,
+        sam=tiny_sam_model,
+        box_threshold=0.0,
+        text_threshold=0.0,
+        max_objects=1,
     )
     assert len(result.detections) == 1 and len(result.objects) <= 1
     with pytest.raises(ValueError, match="max_objects"):

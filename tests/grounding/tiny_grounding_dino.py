@@ -40,17 +40,31 @@ def tiny_transformers_config():
     from transformers import BertConfig, GroundingDinoConfig, SwinConfig
 
     swin = SwinConfig(
-        embed_dim=16, depths=[1, 2, 2, 1], num_heads=[1, 2, 2, 4], window_size=4,
+        embed_dim=16,
+        depths=[1, 2, 2, 1],
+        num_heads=[1, 2, 2, 4],
+        window_size=4,
         out_indices=[2, 3, 4],
     )
     bert = BertConfig(
-        vocab_size=1100, hidden_size=64, num_hidden_layers=2, num_attention_heads=1,
-        intermediate_size=64, max_position_embeddings=256,
+        vocab_size=1100,
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=1,
+        intermediate_size=64,
+        max_position_embeddings=256,
     )
     return GroundingDinoConfig(
-        backbone_config=swin, text_config=bert, d_model=64, encoder_layers=2, decoder_layers=3,
-        encoder_ffn_dim=64, decoder_ffn_dim=64, encoder_attention_heads=4,
-        decoder_attention_heads=4, num_queries=40,
+        backbone_config=swin,
+        text_config=bert,
+        d_model=64,
+        encoder_layers=2,
+        decoder_layers=3,
+        encoder_ffn_dim=64,
+        decoder_ffn_dim=64,
+        encoder_attention_heads=4,
+        decoder_attention_heads=4,
+        num_queries=40,
     )
 
 

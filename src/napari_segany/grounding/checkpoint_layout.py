@@ -140,7 +140,9 @@ def _original_to_transformers(
         key = key.removeprefix("module.")
         norm = re.match(r"backbone\.0\.norm(\d+)\.(weight|bias)$", key)
         if norm:
-            out[f"backbone.hidden_states_norms.stage{int(norm.group(1)) + 1}.{norm.group(2)}"] = value
+            out[f"backbone.hidden_states_norms.stage{int(norm.group(1)) + 1}.{norm.group(2)}"] = (
+                value
+            )
             continue
         for old, new in _ORIGINAL_PREFIXES:
             if key.startswith(old):

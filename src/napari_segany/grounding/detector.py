@@ -97,7 +97,9 @@ class GroundingDinoDetector:
         input_ids = tokenize_prompt(loaded.tokenizer, prompt, net.config.max_text_len)
         rgb = to_uint8_rgb(image, contrast_limits)
         height, width = rgb.shape[:2]
-        pixels = image_to_pixels(rgb, loaded.preprocessing, net.device, net.config.backbone.patch_size)
+        pixels = image_to_pixels(
+            rgb, loaded.preprocessing, net.device, net.config.backbone.patch_size
+        )
         output = net(pixels, input_ids.to(net.device), on_block=on_block)
         return detections_from_output(
             output.logits[0],

@@ -18,7 +18,6 @@ from napari_segany import checkpoints
 from napari_segany.grounding.checkpoint_layout import rename_grounding_dino_keys
 from napari_segany.grounding.registry import (
     GROUNDING_DINO_MODELS,
-    ORIGINAL_GROUNDING_DINO_REPO,
     GroundingDinoPreprocessing,
 )
 from napari_segany.grounding.tokenizer import GroundingDinoTokenizer
@@ -219,7 +218,10 @@ def config_from_original_state(state: dict[str, torch.Tensor], source: str) -> G
 
     stages = count("backbone.0.layers.")
     depths = tuple(count(f"backbone.0.layers.{i}.blocks.") for i in range(stages))
-    tables = [state[f"backbone.0.layers.{i}.blocks.0.attn.relative_position_bias_table"] for i in range(stages)]
+    tables = [
+        state[f"backbone.0.layers.{i}.blocks.0.attn.relative_position_bias_table"]
+        for i in range(stages)
+    ]
     window = (int(round(tables[0].shape[0] ** 0.5)) + 1) // 2
     levels, d_model = state["transformer.level_embed"].shape
     points = 4

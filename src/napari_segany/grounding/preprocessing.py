@@ -52,7 +52,9 @@ def image_to_pixels(
             f"image of {height}×{width} pixels is smaller than one {patch_size}×{patch_size} "
             f"patch of the detector; nothing to detect"
         )
-    out_h, out_w = resized_size(height, width, preprocessing.shortest_edge, preprocessing.longest_edge)
+    out_h, out_w = resized_size(
+        height, width, preprocessing.shortest_edge, preprocessing.longest_edge
+    )
     if (out_h, out_w) != (height, width):
         from PIL import Image
 

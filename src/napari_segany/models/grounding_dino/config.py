@@ -84,19 +84,30 @@ class GroundingDinoConfig:
             raise ValueError(f"config.json is for {config.get('model_type')!r}, not grounding-dino")
         if config.get("use_timm_backbone", False):
             raise ValueError("timm backbones are not supported; use a folder with a Swin backbone")
-        if not config.get("two_stage", True) or config.get("position_embedding_type", "sine") != "sine":
-            raise ValueError("only two-stage Grounding DINO with sine position embeddings is supported")
+        if (
+            not config.get("two_stage", True)
+            or config.get("position_embedding_type", "sine") != "sine"
+        ):
+            raise ValueError(
+                "only two-stage Grounding DINO with sine position embeddings is supported"
+            )
         if config.get("activation_function", "relu") != "relu":
             raise ValueError("only the relu activation of the released models is supported")
         backbone = dict(config.get("backbone_config") or {})
         if backbone.get("model_type", "swin") != "swin":
-            raise ValueError(f"backbone {backbone.get('model_type')!r} is not supported (Swin only)")
+            raise ValueError(
+                f"backbone {backbone.get('model_type')!r} is not supported (Swin only)"
+            )
         text = dict(config.get("text_config") or {})
         if text.get("model_type", "bert") != "bert":
-            raise ValueError(f"text encoder {text.get('model_type')!r} is not supported (BERT only)")
+            raise ValueError(
+                f"text encoder {text.get('model_type')!r} is not supported (BERT only)"
+            )
         swin = _pick(SwinConfig, backbone)
         if "out_indices" not in backbone and "out_features" in backbone:
-            swin["out_indices"] = tuple(int(s.replace("stage", "")) for s in backbone["out_features"])
+            swin["out_indices"] = tuple(
+                int(s.replace("stage", "")) for s in backbone["out_features"]
+            )
         top = _pick(cls, config)
         top.pop("backbone", None)
         top.pop("text", None)

@@ -42,7 +42,12 @@ def multi_scale_deformable_attention(
     grids = 2 * sampling_locations - 1
     sampled = []
     for level, (height, width) in enumerate(spatial_shapes):
-        v = per_level[level].flatten(2).transpose(1, 2).reshape(batch * heads, head_dim, height, width)
+        v = (
+            per_level[level]
+            .flatten(2)
+            .transpose(1, 2)
+            .reshape(batch * heads, head_dim, height, width)
+        )
         grid = grids[:, :, :, level].transpose(1, 2).flatten(0, 1)  # (B·heads, Q, points, 2)
         sampled.append(
             F.grid_sample(v, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
@@ -95,14 +100,18 @@ class MultiscaleDeformableAttention(nn.Module):
         # a 200-pixel-wide level would be off by up to half a pixel.
         value = self.value_proj(values).float().view(batch, values.shape[1], self.n_heads, -1)
         reference_points = reference_points.float()
-        offsets = self.sampling_offsets(queries).float().view(
-            batch, num_queries, self.n_heads, self.n_levels, self.n_points, 2
+        offsets = (
+            self.sampling_offsets(queries)
+            .float()
+            .view(batch, num_queries, self.n_heads, self.n_levels, self.n_points, 2)
         )
         weights = self.attention_weights(queries).view(
             batch, num_queries, self.n_heads, self.n_levels * self.n_points
         )
-        weights = weights.float().softmax(-1).view(
-            batch, num_queries, self.n_heads, self.n_levels, self.n_points
+        weights = (
+            weights.float()
+            .softmax(-1)
+            .view(batch, num_queries, self.n_heads, self.n_levels, self.n_points)
         )
         if reference_points.shape[-1] == 2:
             normalizer = torch.tensor(

@@ -114,9 +114,7 @@ class GroundingDinoEncoder(nn.Module):
         ``text_padding`` (B, T) is True at padding; ``text_attend`` (B, T, T) is True where token
         i may attend to token j (phrase blocks); ``text_position_ids`` (B, T) restart per phrase.
         """
-        reference_points = encoder_reference_points(
-            spatial_shapes, vision.shape[0], vision.device
-        )
+        reference_points = encoder_reference_points(spatial_shapes, vision.shape[0], vision.device)
         text_position = coordinate_position_embedding(
             text_position_ids[..., None], self.d_model
         ).to(text.dtype)

@@ -88,7 +88,9 @@ class GroundingDino(nn.Module):
         self.bbox_embed = nn.ModuleList(MLPHead(d, d, 4, 3) for _ in range(heads))
         self._delimiters = tuple(int(i) for i in delimiter_token_ids)
         self.register_buffer(
-            "delimiter_token_ids", torch.tensor(self._delimiters, dtype=torch.long), persistent=False
+            "delimiter_token_ids",
+            torch.tensor(self._delimiters, dtype=torch.long),
+            persistent=False,
         )
 
     def reset_buffers(self) -> None:
@@ -172,7 +174,7 @@ class GroundingDino(nn.Module):
     def _multi_scale_features(self, pixels: torch.Tensor, on_block):
         """Backbone maps + extra levels → flattened tokens (B, S, C), positions, level shapes."""
         maps = self.backbone(pixels, on_block=on_block)
-        sources = [proj(m) for proj, m in zip(self.input_proj_vision, maps)]
+        sources = [proj(m) for proj, m in zip(self.input_proj_vision, maps, strict=False)]
         for level in range(len(maps), self.config.num_feature_levels):
             previous = maps[-1] if level == len(maps) else sources[-1]
             sources.append(self.input_proj_vision[level](previous))
@@ -182,7 +184,10 @@ class GroundingDino(nn.Module):
             shapes.append((int(height), int(width)))
             tokens.append(source.flatten(2).transpose(1, 2))
             position = feature_map_position_embedding(
-                height, width, self.config.d_model, self.config.positional_embedding_temperature,
+                height,
+                width,
+                self.config.d_model,
+                self.config.positional_embedding_temperature,
                 source.device,
             ).to(source.dtype)
             positions.append(position + self.level_embed[level])

@@ -35,7 +35,10 @@ def feature_map_position_embedding(
     pos_y = _interleave_sin_cos(rows[:, None] / freq)  # (H, half)
     pos_x = _interleave_sin_cos(cols[:, None] / freq)  # (W, half)
     grid = torch.cat(
-        (pos_y[:, None, :].expand(height, width, half), pos_x[None, :, :].expand(height, width, half)),
+        (
+            pos_y[:, None, :].expand(height, width, half),
+            pos_x[None, :, :].expand(height, width, half),
+        ),
         dim=-1,
     )
     return grid.reshape(height * width, d_model)

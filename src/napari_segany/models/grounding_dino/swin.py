@@ -205,7 +205,10 @@ class SwinBackbone(nn.Module):
         self.embeddings = SwinEmbeddings(config)
         self.encoder = SwinEncoder(config)
         self.hidden_states_norms = nn.ModuleDict(
-            {f"stage{i}": nn.LayerNorm(c) for i, c in zip(config.out_indices, config.out_channels)}
+            {
+                f"stage{i}": nn.LayerNorm(c)
+                for i, c in zip(config.out_indices, config.out_channels, strict=False)
+            }
         )
 
     def forward(self, pixels: torch.Tensor, on_block=None) -> list[torch.Tensor]:
