@@ -54,7 +54,18 @@ class StackLayout:
 
 
 def labelled_slices(labels: np.ndarray, leading_ndim: int) -> list[SliceKey]:
-    """Slice keys of ``labels`` (``(*leading, H, W)``) that contain at least one non-zero label."""
+    """Slice keys of ``labels`` (``(*leading, H, W)``) that contain at least one non-zero label.
+
+    Numpy arrays are scanned at once; other array-likes (zarr, dask) one slice at a time, so a
+    stack larger than memory is never loaded whole.
+    """
+    if not isinstance(labels, np.ndarray) and leading_ndim > 0:
+        leading = tuple(np.shape(labels)[:leading_ndim])
+        return [
+            tuple(int(i) for i in key)
+            for key in np.ndindex(*leading)
+            if np.any(np.asarray(labels[key]))
+        ]
     labels = np.asarray(labels)
     if leading_ndim == 0:
         return [()] if np.any(labels) else []
@@ -226,12 +237,14 @@ def prompt_keys_with_labels(
     prompt_labels: Any, layout: StackLayout, prompt_slices: Sequence[SliceKey] | None
 ) -> list[SliceKey]:
     """The prompt slices: the requested ones (checked to hold labels) or every labelled slice."""
-    labels = np.asarray(prompt_labels)
+    labels = prompt_labels if hasattr(prompt_labels, "dtype") else np.asarray(prompt_labels)
     if not (np.issubdtype(labels.dtype, np.integer) or labels.dtype == bool):
         raise ValueError(f"prompt labels must be integers, got dtype {labels.dtype}")
-    if np.issubdtype(labels.dtype, np.signedinteger) and labels.size and labels.min() < 0:
-        raise ValueError("prompt labels must not be negative")
     labelled = labelled_slices(labels, len(layout.leading_shape))
+    if np.issubdtype(labels.dtype, np.signedinteger):  # only labelled slices can hold negatives
+        keys_to_check = labelled if len(layout.leading_shape) else [()]
+        if any(np.min(np.asarray(labels[k]), initial=0) < 0 for k in keys_to_check):
+            raise ValueError("prompt labels must not be negative")
     if prompt_slices is None:
         keys = labelled
     else:
