@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 from napari.layers import Image, Labels, Points, Shapes
 
+from napari_segany._napari import layer_io
 from napari_segany._napari import sam_layers as glue
 from napari_segany._napari.sam_scripting import (
     propagate_label_through_stack,
@@ -23,13 +24,15 @@ def stack_layer(shape=(5, 40, 48)):
 
 def test_shapes_and_slice_index_follow_world_coordinates():
     image = stack_layer()
-    assert glue.spatial_shape(image) == (5, 40, 48) and glue.n_leading_axes(image) == 1
+    assert layer_io.spatial_shape(image) == (5, 40, 48) and layer_io.n_leading_axes(image) == 1
     world = np.array(TRANSLATE) + np.array(SCALE) * [3, 10, 10]
-    assert glue.slice_index_at(image, world) == (3,)
-    assert glue.slice_index_at(image, [1e6, 0, 0]) == (4,)  # clipped into the stack
+    assert layer_io.slice_key_at(image, world) == (3,)
+    assert layer_io.slice_key_at(image, [1e6, 0, 0]) == (4,)  # clipped into the stack
     rgb = Image(np.zeros((6, 7, 3), np.uint8), rgb=True)
-    assert glue.spatial_shape(rgb) == (6, 7) and glue.slice_index_at(rgb, [0, 0]) == ()
-    assert glue.read_slice(rgb, ()).shape == (6, 7, 3) and glue.contrast_limits_of(rgb) is None
+    assert layer_io.spatial_shape(rgb) == (6, 7) and layer_io.slice_key_at(rgb, [0, 0]) == ()
+    assert (
+        layer_io.read_slice(rgb, ()).shape == (6, 7, 3) and layer_io.contrast_limits_of(rgb) is None
+    )
 
 
 def test_points_in_another_transform_land_on_the_right_pixels():
@@ -70,7 +73,7 @@ def test_prompts_outside_the_image_are_rejected():
 
 def test_new_labels_layer_sits_on_the_image():
     image = stack_layer()
-    labels = glue.new_labels_layer(image, "out")
+    labels = layer_io.new_labels_layer(image, "out")
     assert labels.data.shape == (5, 40, 48) and labels.data.dtype == np.int32
     np.testing.assert_allclose(labels.scale, SCALE)
     np.testing.assert_allclose(labels.translate, TRANSLATE)
@@ -107,14 +110,14 @@ def test_refining_a_label_replaces_it_on_that_slice():
 
 def test_labels_of_wrong_shape_are_refused():
     with pytest.raises(ValueError, match="shape"):
-        glue.check_labels_fit(Labels(np.zeros((4, 4), np.int32)), stack_layer())
+        layer_io.check_labels_fit(Labels(np.zeros((4, 4), np.int32)), stack_layer())
     with pytest.raises(ValueError, match="no image"):
         glue.check_image_layer(None)
 
 
 def test_scripting_segment_layers_with_points_and_boxes(tiny_sam_hf_folder):
     image = stack_layer((4, 40, 48))
-    existing = glue.new_labels_layer(image, "labels")
+    existing = layer_io.new_labels_layer(image, "labels")
     existing.data[2, 0:4, 0:4] = 9
     target = np.array([[2, 20, 20]], dtype=float)
     points = Points(np.asarray(TRANSLATE) + np.asarray(SCALE) * target)
@@ -140,7 +143,6 @@ def test_scripting_segment_layers_with_points_and_boxes(tiny_sam_hf_folder):
     assert out.data[1].any() and (out.data[2] > 9).any()
     assert not out.data[[0, 3]].any()
     # the importable-from-sam_layers alias
-    assert glue.segment_layers_with_sam is segment_layers_with_sam
 
 
 def test_scripting_new_layer_everything_and_propagation(tiny_sam_model):
@@ -182,7 +184,7 @@ def test_scripting_new_layer_everything_and_propagation(tiny_sam_model):
 def test_4d_time_series_segments_and_propagates_within_one_time_point(tiny_sam_model):
     data = np.random.default_rng(5).normal(0, 1, (2, 3, 32, 32)).astype(np.float32)
     image = Image(data, scale=(1.0, 2.0, 0.5, 0.5), translate=(0.0, 1.0, 2.0, 3.0))
-    assert glue.n_leading_axes(image) == 2
+    assert layer_io.n_leading_axes(image) == 2
     points = Points(np.asarray(image.data_to_world([1, 2, 16, 16]))[None])
     labels = segment_layers_with_sam(image, points, model=tiny_sam_model, precision="fp32")
     assert labels.data.shape == (2, 3, 32, 32)

@@ -6,7 +6,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from napari_segany._napari.sam_widget import SamWidget
+from napari_segany._napari._qt.sam_widget import SamWidget
 
 SCALE = (3.0, 0.5, 0.5)
 TRANSLATE = (7.0, 2.0, -4.0)
@@ -98,7 +98,7 @@ def test_several_boxes_make_several_objects_in_a_new_layer(
             np.array([widget.shapes_layer.world_to_data(world_of(image, c)) for c in corners])
         )
     wait_for_preview(qtbot, widget)
-    assert len(widget._shown_predictions) == 2
+    assert len(widget.session.predictions) == 2
     ids = widget.commit()
     assert ids == [1, 2]
     (labels,) = [layer for layer in viewer.layers if layer.name == "SAM labels"]
@@ -354,7 +354,7 @@ def test_refine_label_uses_it_as_mask_prompt_and_replaces_it(
     add_point(widget, image, (10, 10))
     wait_for_preview(qtbot, widget)
     assert widget._shown.prompts.mask is not None and widget._shown.prompts.mask.sum() == 100
-    new_mask = widget.session.chosen_masks(widget._shown_predictions)[0]
+    new_mask = widget.session.chosen_masks(widget.session.predictions)[0]
     assert widget.commit() == [3]
     assert (labels.data[30:35, 30:35] == 6).all()  # the other label is untouched
     np.testing.assert_array_equal(labels.data == 3, new_mask & (labels.data != 6))
@@ -379,7 +379,11 @@ def test_precompute_stack_then_prompts_need_no_encoder(
 
 
 def test_background_task_progress_errors_and_cancel(qtbot):
-    from napari_segany._napari.background_task import BackgroundTask, JobFailed, describe_failure
+    from napari_segany._napari._qt.background_task import (
+        BackgroundTask,
+        JobFailed,
+        describe_failure,
+    )
 
     task = BackgroundTask()
     qtbot.addWidget(task)
@@ -463,8 +467,8 @@ def test_3d_display_is_refused_with_a_notification(
 
 
 def test_model_picker_choice_cache_and_background_load(qtbot, tmp_path):
-    from napari_segany._napari.background_task import BackgroundTask
-    from napari_segany._napari.model_picker import (
+    from napari_segany._napari._qt.background_task import BackgroundTask
+    from napari_segany._napari._qt.model_picker import (
         CUSTOM_PATH,
         LoadedModelCache,
         ModelChoice,

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from napari.layers import Image, Labels
 
+from napari_segany._napari.layer_io import slice_key_at
 from napari_segany._napari.sample_data import blobs_stack
 from napari_segany._napari.seggpt_layers import (
-    current_slice_key,
     new_output_layer,
     plan_from_layers,
     prompt_keys_from_selection,
@@ -58,10 +58,10 @@ def test_scripting_function_loads_a_model_from_a_path_and_writes_into_a_layer(
 def test_current_slice_goes_through_the_layer_transform():
     image, _ = painted_layers(depth=6, scale=(2.0, 1.0, 1.0), translate=(10.0, 0.0, 0.0))
     # World z = 10 + 2 * index: world 16 is slice 3; a 4D viewer point uses its last 3 values.
-    assert current_slice_key(image, (16.0, 5.0, 5.0)) == (3,)
-    assert current_slice_key(image, (0.0, 16.2, 5.0, 5.0)) == (3,)
-    assert current_slice_key(image, (1000.0, 0.0, 0.0)) == (5,)
-    assert current_slice_key(Image(np.zeros((8, 8))), (3.0, 4.0)) == ()
+    assert slice_key_at(image, (16.0, 5.0, 5.0)) == (3,)
+    assert slice_key_at(image, (0.0, 16.2, 5.0, 5.0)) == (3,)
+    assert slice_key_at(image, (1000.0, 0.0, 0.0)) == (5,)
+    assert slice_key_at(Image(np.zeros((8, 8))), (3.0, 4.0)) == ()
 
 
 def test_new_output_layer_drops_the_colour_axis_of_rgb_images():

@@ -10,16 +10,16 @@ import time
 import numpy as np
 import pytest
 
-from napari_segany._napari import seggpt_widget as widget_module
-from napari_segany._napari.sample_data import blobs_stack
-from napari_segany._napari.seggpt_layers import seggpt_predictor
-from napari_segany._napari.seggpt_widget import (
+from napari_segany._napari._qt import seggpt_widget as widget_module
+from napari_segany._napari._qt.seggpt_widget import (
     CURRENT_SLICE,
     NEW_LAYER,
     SLICE_RANGE,
     SegGptWidget,
-    parse_slice_list,
 )
+from napari_segany._napari.sample_data import blobs_stack
+from napari_segany._napari.seggpt_layers import seggpt_predictor
+from napari_segany.seggpt.stack_job import parse_slice_list
 
 WAIT_MS = 60_000
 
@@ -421,7 +421,7 @@ def test_widget_is_in_the_manifest_and_the_segment_menu():
     widgets = {w.display_name: w.command for w in manifest.contributions.widgets}
     assert widgets["In-context segmentation (SegGPT)"] == "napari-segany.seggpt_widget"
     command = manager.get_command("napari-segany.seggpt_widget")
-    assert command.python_name == "napari_segany._napari.seggpt_widget:SegGptWidget"
+    assert command.python_name == "napari_segany._napari._qt.seggpt_widget:SegGptWidget"
     from npe2.manifest.utils import import_python_name
 
     assert import_python_name(command.python_name) is SegGptWidget

@@ -1,28 +1,38 @@
-"""Layer ↔ array glue for SAM, and the scripting entry points.
+"""Layer → array glue for SAM prompts, and SAM's object writes (napari, no Qt).
 
-Reading: which 2D slice of an image layer the viewer shows, that slice as an array, and the
-prompts (points of a Points layer, rectangles of a Shapes layer) in that slice's data coordinates
-``(row, col)``: every position goes prompt-layer data → world (the prompt layer's transform) →
-image data (the image layer's inverse transform), never assuming identical transforms.
+Reading: the prompts (points of a Points layer, rectangles of a Shapes layer) in a slice's data
+coordinates ``(row, col)``: every position goes prompt-layer data → world (the prompt layer's
+transform) → image data (the image layer's inverse transform), never assuming identical
+transforms. Slices, images and new layers come from the shared :mod:`.layer_io`.
 
-Writing: an output Labels layer with the image's full (non-RGB) shape, scale, translation,
-rotation, shear and affine; masks written with ``Labels.data_setitem`` inside one
-``block_history`` so a commit is one step of napari's undo, never overwriting existing labels
+Writing: :func:`mask_edits` turns object masks into :class:`~.layer_io.PlaneEdit` crops (numpy
+only, may run in a worker thread) and :func:`write_masks` writes them as one undo step (through
+:func:`.layer_io.apply_edits`, with its undo-pixel budget), never overwriting existing labels
 unless asked.
-
-The scripting functions (:func:`segment_layers_with_sam`, :func:`segment_everything_in_layer`,
-:func:`propagate_label_through_stack`) live in :mod:`napari_segany._napari.sam_scripting` and can
-also be imported from here.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from napari_segany.sam.interactive_session import SamPrompts
+from napari_segany._napari.layer_io import (
+    PlaneEdit,
+    apply_edits,
+    contrast_limits_of,
+    edits_fit_undo,
+    n_leading_axes,
+    next_free_label,
+    plane_edit,
+    slice_key_at,
+    spatial_shape,
+    widen_for_label,
+)
+from napari_segany.sam.embedding_cache import EmbeddingKey
+from napari_segany.sam.interactive_session import InteractiveSamSession, SamPrompts
 
 if TYPE_CHECKING:
     from napari.layers import Image, Labels, Points, Shapes
@@ -32,23 +42,7 @@ NEGATIVE = "negative"
 PROMPT_FEATURE = "prompt"
 
 
-# -- reading image layers ---------------------------------------------------------------------
-
-
-def image_array(image_layer: Image) -> Any:
-    """The full-resolution data of an image layer (level 0 of a multiscale layer)."""
-    return image_layer.data[0] if image_layer.multiscale else image_layer.data
-
-
-def spatial_shape(image_layer: Image) -> tuple[int, ...]:
-    """Shape of the image without its RGB(A) channel axis: the shape of its labels."""
-    shape = tuple(int(s) for s in image_array(image_layer).shape)
-    return shape[:-1] if image_layer.rgb else shape
-
-
-def n_leading_axes(image_layer: Image) -> int:
-    """Number of axes before the 2D plane SAM sees (0 for a 2D image, 1 for a stack, ...)."""
-    return len(spatial_shape(image_layer)) - 2
+# -- checks -----------------------------------------------------------------------------------
 
 
 def check_image_layer(image_layer: Any) -> None:
@@ -73,36 +67,6 @@ def check_plane_displayed(dims: Any) -> None:
             "SAM segments the plane of the last two axes: reset the axis order (transpose) so "
             "that the last two axes are displayed"
         )
-
-
-def slice_index_at(image_layer: Image, world_point: Sequence[float]) -> tuple[int, ...]:
-    """Indices of the leading (non-plane) axes at a world position (e.g. ``viewer.dims.point``).
-
-    Returns
-    -------
-    tuple[int, ...]
-        One index per leading axis, rounded and clipped into the image; ``()`` for a 2D image.
-    """
-    lead = n_leading_axes(image_layer)
-    if lead == 0:
-        return ()
-    data_point = np.asarray(image_layer.world_to_data(np.asarray(world_point, dtype=float)))
-    shape = spatial_shape(image_layer)
-    return tuple(int(np.clip(np.round(data_point[i]), 0, shape[i] - 1)) for i in range(lead))
-
-
-def read_slice(image_layer: Image, slice_index: Sequence[int]) -> np.ndarray:
-    """The 2D slice ``slice_index`` as a numpy array: (H, W) or (H, W, C) for RGB(A) layers."""
-    data = image_array(image_layer)
-    return np.asarray(data[tuple(int(i) for i in slice_index)])
-
-
-def contrast_limits_of(image_layer: Image) -> tuple[float, float] | None:
-    """The layer's contrast limits (``None`` for RGB layers, whose values are used as they are)."""
-    if image_layer.rgb:
-        return None
-    low, high = image_layer.contrast_limits
-    return float(low), float(high)
 
 
 # -- reading prompts --------------------------------------------------------------------------
@@ -137,12 +101,16 @@ def _on_slice(positions: np.ndarray, slice_index: Sequence[int]) -> np.ndarray:
 
 
 def point_labels_of(points_layer: Points) -> np.ndarray:
-    """(N,) int64: 1 for positive points, 0 for negative ones (feature ``"prompt"``)."""
+    """(N,) int64: 1 for positive points, 0 for negative ones (feature ``"prompt"``).
+
+    ``"negative"`` in any letter case (``"Negative"``, ``"NEGATIVE"``) marks a negative point.
+    """
     n = len(points_layer.data)
     features = points_layer.features
     if PROMPT_FEATURE not in features or n == 0:
         return np.ones(n, dtype=np.int64)
-    return (np.asarray(features[PROMPT_FEATURE]).astype(str) != NEGATIVE).astype(np.int64)
+    kinds = np.char.lower(np.char.strip(np.asarray(features[PROMPT_FEATURE]).astype(str)))
+    return (kinds != NEGATIVE).astype(np.int64)
 
 
 def points_on_slice(
@@ -257,43 +225,132 @@ def check_prompts_inside(prompts: SamPrompts, plane_shape: Sequence[int]) -> Non
             )
 
 
+# -- one slice's context ---------------------------------------------------------------------
+
+
+@dataclass
+class SliceContext:
+    """What one preview or commit refers to: image, slice, cache key, prompts and version."""
+
+    image_layer: Image
+    slice_index: tuple[int, ...]
+    key: EmbeddingKey
+    prompts: SamPrompts
+    version: int
+
+
+def read_slice_context(
+    dims: Any,
+    image: Any,
+    points_layer: Points | None,
+    shapes_layer: Shapes | None,
+    output: Labels | None,
+    refine_label: int,
+    session: InteractiveSamSession,
+    version: int,
+) -> SliceContext:
+    """Read the prompts on the slice the viewer shows into a :class:`SliceContext`.
+
+    ``refine_label`` > 0 adds that label's mask on the slice of ``output`` as the mask prompt.
+
+    Raises
+    ------
+    ValueError
+        No usable image, a view other than the image's last two axes in 2D, or prompts outside
+        the image.
+    """
+    check_image_layer(image)
+    check_plane_displayed(dims)
+    key = slice_key_at(image, dims.point)
+    points, labels = points_on_slice(points_layer, image, key, dims.point)
+    boxes = boxes_on_slice(shapes_layer, image, key, dims.point)
+    mask = None
+    if refine_label and output is not None and output.data.shape == spatial_shape(image):
+        mask = np.asarray(output.data[key]) == int(refine_label)
+    prompts = SamPrompts(points, labels, boxes, mask)
+    check_prompts_inside(prompts, spatial_shape(image)[-2:])
+    layer_id = str(image.unique_id)
+    embedding = (
+        session.embedding_key(layer_id, key, contrast_limits_of(image))
+        if session.has_model
+        else EmbeddingKey(layer_id, key, "", "")
+    )
+    return SliceContext(image, key, embedding, prompts, version)
+
+
 # -- writing labels ---------------------------------------------------------------------------
 
 
-def labels_layer_kwargs(image_layer: Image) -> dict[str, Any]:
-    """Placement keyword arguments that put a Labels layer exactly on ``image_layer``."""
-    return {
-        "scale": tuple(image_layer.scale),
-        "translate": tuple(image_layer.translate),
-        "rotate": np.asarray(image_layer.rotate),
-        "shear": np.asarray(image_layer.shear),
-        "affine": np.asarray(image_layer.affine.affine_matrix),
-    }
+def mask_edits(
+    labels_data: Any,
+    slice_index: Sequence[int],
+    masks: Sequence[np.ndarray],
+    label_ids: Sequence[int],
+    *,
+    overwrite: bool = False,
+    replace_label: int | None = None,
+) -> list[PlaneEdit]:
+    """The crops that writing object masks into one slice changes (numpy only, no layer touched).
+
+    Each mask is compared with the labels only inside its bounding box (plus the refined label's
+    box when ``replace_label``), so a small object on a huge plane reads and writes a small crop.
+    Later masks see earlier ones (the same rule as painting them one after the other).
+    """
+    key = tuple(int(i) for i in slice_index)
+    plane_shape = tuple(labels_data.shape[len(key) :])
+    edits: list[PlaneEdit] = []
+    view = _EditedPlane(labels_data, key)
+    if replace_label:
+        keep = np.zeros(plane_shape, dtype=bool)
+        for mask in masks:
+            keep |= np.asarray(mask, bool)
+        old = view.read_full() == replace_label
+        stale = old & ~keep
+        if stale.any():
+            edit = plane_edit(view, (), 0, region=stale, overwrite=True)
+            if edit is not None:
+                edits.append(view.record(edit, key))
+    for mask, label in zip(masks, label_ids, strict=True):
+        mask = np.asarray(mask, dtype=bool)
+        if mask.shape != plane_shape:
+            raise ValueError(f"mask shape {mask.shape} does not match the slice {plane_shape}")
+        edit = plane_edit(view, (), int(label), region=mask, overwrite=overwrite)
+        if edit is not None:
+            edits.append(view.record(edit, key))
+    return edits
 
 
-def new_labels_layer(image_layer: Image, name: str, data: np.ndarray | None = None) -> Labels:
-    """A Labels layer over ``image_layer`` (int32 zeros of its spatial shape unless ``data``)."""
-    from napari.layers import Labels
+class _EditedPlane:
+    """One plane of the labels with the edits computed so far applied to crops read from it."""
 
-    if data is None:
-        data = np.zeros(spatial_shape(image_layer), dtype=np.int32)
-    return Labels(data, name=name, **labels_layer_kwargs(image_layer))
+    def __init__(self, labels_data: Any, key: tuple[int, ...]) -> None:
+        self.labels_data = labels_data
+        self.key = key
+        self.shape = tuple(labels_data.shape[len(key) :])
+        self.dtype = labels_data.dtype
+        self.edits: list[PlaneEdit] = []
 
+    def __getitem__(self, box: tuple[slice, slice]) -> np.ndarray:
+        crop = np.array(self.labels_data[self.key + tuple(box)], copy=True)
+        rows, cols = (range(self.shape[0])[box[0]], range(self.shape[1])[box[1]])
+        for edit in self.edits:
+            r0 = max(rows.start, edit.top)
+            r1 = min(rows.stop, edit.top + edit.merged.shape[0])
+            c0 = max(cols.start, edit.left)
+            c1 = min(cols.stop, edit.left + edit.merged.shape[1])
+            if r0 >= r1 or c0 >= c1:
+                continue
+            src = (slice(r0 - edit.top, r1 - edit.top), slice(c0 - edit.left, c1 - edit.left))
+            dst = (slice(r0 - rows.start, r1 - rows.start), slice(c0 - cols.start, c1 - cols.start))
+            crop[dst] = np.where(edit.changed[src], edit.merged[src], crop[dst])
+        return crop
 
-def check_labels_fit(labels_layer: Labels, image_layer: Image) -> None:
-    """Raise ``ValueError`` when a labels layer's shape differs from the image's spatial shape."""
-    shape = spatial_shape(image_layer)
-    if tuple(labels_layer.data.shape) != shape:
-        raise ValueError(
-            f"labels layer {labels_layer.name!r} has shape {tuple(labels_layer.data.shape)} but "
-            f"image {image_layer.name!r} needs {shape}; pick another labels layer or 'new layer'"
-        )
+    def read_full(self) -> np.ndarray:
+        return self[(slice(None), slice(None))]
 
-
-def next_free_label(data: Any) -> int:
-    """One more than the largest label in ``data`` (1 for an empty layer)."""
-    data = np.asarray(data)
-    return int(data.max(initial=0)) + 1
+    def record(self, edit: PlaneEdit, key: tuple[int, ...]) -> PlaneEdit:
+        self.edits.append(edit)
+        return PlaneEdit(key, edit.top, edit.left, edit.merged, edit.changed)
 
 
 def write_masks(
@@ -327,17 +384,46 @@ def write_masks(
     Returns
     -------
     list[int]
-        The label id of each mask.
+        The label id of each mask that changed at least one pixel (empty when nothing was
+        written, e.g. the object is already labelled and ``overwrite`` is off).
     """
+    label_ids = planned_label_ids(labels_layer.data, len(masks), label_ids, replace_label)
+    if label_ids:
+        widen_for_label(labels_layer, max(label_ids))
+    edits = mask_edits(
+        labels_layer.data,
+        slice_index,
+        masks,
+        label_ids,
+        overwrite=overwrite,
+        replace_label=replace_label,
+    )
+    apply_edits(labels_layer, edits)
+    return written_ids(edits, label_ids)
+
+
+def planned_label_ids(
+    labels_data: Any,
+    n_masks: int,
+    label_ids: Sequence[int] | None = None,
+    replace_label: int | None = None,
+) -> list[int]:
+    """The label id each mask gets: given ones, or consecutive free ids (``replace_label`` first)."""
     if label_ids is None:
-        start = replace_label if replace_label else next_free_label(labels_layer.data)
-        label_ids = [start + i for i in range(len(masks))]
+        start = replace_label if replace_label else next_free_label(labels_data)
+        label_ids = [start + i for i in range(n_masks)]
     label_ids = [int(i) for i in label_ids]
-    if len(label_ids) != len(masks):
-        raise ValueError(f"{len(masks)} masks but {len(label_ids)} label ids")
-    with labels_layer.block_history():
-        _write_plane(labels_layer, tuple(slice_index), masks, label_ids, overwrite, replace_label)
+    if len(label_ids) != n_masks:
+        raise ValueError(f"{n_masks} masks but {len(label_ids)} label ids")
     return label_ids
+
+
+def written_ids(edits: Sequence[PlaneEdit], label_ids: Sequence[int]) -> list[int]:
+    """The ids among ``label_ids`` that some edit actually writes, in order."""
+    present: set[int] = set()
+    for edit in edits:
+        present.update(int(v) for v in np.unique(edit.values()))
+    return [i for i in label_ids if i in present]
 
 
 def write_mask_on_slices(
@@ -346,59 +432,37 @@ def write_mask_on_slices(
     label_id: int,
     *,
     overwrite: bool = False,
-) -> None:
-    """Write one object's mask on many slices (slice index → (H, W) bool) as one undo step."""
-    with labels_layer.block_history():
-        for slice_index, mask in masks.items():
-            _write_plane(labels_layer, tuple(slice_index), [mask], [int(label_id)], overwrite, None)
+) -> bool:
+    """Write one object's mask on many slices (slice index → (H, W) bool) as one undo step.
+
+    Returns whether the write was undoable (see :func:`.layer_io.apply_edits`).
+    """
+    widen_for_label(labels_layer, int(label_id))
+    edits = []
+    for slice_index, mask in masks.items():
+        edits += mask_edits(
+            labels_layer.data, slice_index, [mask], [int(label_id)], overwrite=overwrite
+        )
+    return apply_edits(labels_layer, edits)
 
 
-def _write_plane(
-    labels_layer: Labels,
-    slice_index: tuple[int, ...],
-    masks: Sequence[np.ndarray],
-    label_ids: Sequence[int],
-    overwrite: bool,
-    replace_label: int | None,
-) -> None:
-    plane = np.asarray(labels_layer.data[slice_index])
-    if replace_label:
-        stale = plane == replace_label
-        for mask in masks:
-            stale &= ~np.asarray(mask, bool)
-        _set_pixels(labels_layer, slice_index, stale, 0)
-        plane = np.where(stale, 0, plane)
-    for mask, label in zip(masks, label_ids, strict=True):
-        mask = np.asarray(mask, dtype=bool)
-        if mask.shape != plane.shape:
-            raise ValueError(f"mask shape {mask.shape} does not match the slice {plane.shape}")
-        writable = mask if overwrite else mask & ((plane == 0) | (plane == label))
-        _set_pixels(labels_layer, slice_index, writable, label)
-        plane = np.where(writable, label, plane)
-
-
-def _set_pixels(
-    labels_layer: Labels, slice_index: tuple[int, ...], where: np.ndarray, value: int
-) -> None:
-    rows, cols = np.nonzero(where)
-    if rows.size == 0:
-        return
-    indices = tuple(np.full(rows.size, i, dtype=np.intp) for i in slice_index) + (rows, cols)
-    labels_layer.data_setitem(indices, value)
-
-
-_SCRIPTING = (
-    "segment_layers_with_sam",
-    "segment_everything_in_layer",
-    "propagate_label_through_stack",
-)
-
-
-def __getattr__(name: str) -> Any:
-    # The scripting functions live in sam_scripting (which imports this module); they are
-    # importable from here too, loaded on first access.
-    if name in _SCRIPTING:
-        from napari_segany._napari import sam_scripting
-
-        return getattr(sam_scripting, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__all__ = [
+    "NEGATIVE",
+    "SliceContext",
+    "read_slice_context",
+    "POSITIVE",
+    "PROMPT_FEATURE",
+    "boxes_on_slice",
+    "check_image_layer",
+    "check_plane_displayed",
+    "check_prompts_inside",
+    "edits_fit_undo",
+    "mask_edits",
+    "planned_label_ids",
+    "point_labels_of",
+    "points_on_slice",
+    "prompt_slices",
+    "write_mask_on_slices",
+    "write_masks",
+    "written_ids",
+]

@@ -19,16 +19,35 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from napari_segany._napari import sam_layers as glue
+from napari_segany._napari.layer_io import bounding_box, new_labels_layer, spatial_shape
 
 if TYPE_CHECKING:
-    import napari
     from napari.layers import Image, Labels
+
+    import napari
 
 POINTS_NAME = "SAM points"
 BOXES_NAME = "SAM boxes"
 PREVIEW_NAME = "SAM preview"
 POSITIVE_COLOR = "lime"
 NEGATIVE_COLOR = "red"
+
+ROLE_KEY = "napari_segany_role"
+"""Layer metadata key telling other widgets what a layer is for."""
+INTERNAL_ROLE = "sam internal"
+"""The SAM widget's own points, boxes and preview layers: never offered as inputs or outputs."""
+SAM_OUTPUT_ROLE = "sam output"
+"""A labels layer the SAM widget committed objects into (SegGPT's default prompt labels)."""
+
+
+def mark_role(layer: Any, role: str) -> None:
+    """Record in ``layer.metadata`` what the layer is for (:data:`ROLE_KEY`)."""
+    layer.metadata = {**layer.metadata, ROLE_KEY: role}
+
+
+def role_of(layer: Any) -> str | None:
+    """The role recorded by :func:`mark_role`, or ``None``."""
+    return (getattr(layer, "metadata", None) or {}).get(ROLE_KEY)
 
 
 class SamPromptLayers:
@@ -63,7 +82,7 @@ class SamPromptLayers:
         self.shapes: Any = None
         self.preview: Labels | None = None
         self.positive = True
-        self._preview_slices: set[tuple[int, ...]] = set()
+        self._preview_boxes: dict[tuple[int, ...], tuple[slice, slice]] = {}
 
     def forget_removed(self) -> None:
         """Drop references to managed layers the user deleted."""
@@ -72,7 +91,7 @@ class SamPromptLayers:
             if layer is not None and layer not in self.viewer.layers:
                 setattr(self, name, None)
                 if name == "preview":
-                    self._preview_slices.clear()
+                    self._preview_boxes.clear()
 
     def is_managed(self, layer: Any) -> bool:
         """Whether ``layer`` is one of the three managed layers."""
@@ -86,13 +105,13 @@ class SamPromptLayers:
         """Add the points and boxes layers over ``image`` if missing (or of another ndim)."""
         import pandas as pd
 
-        ndim = len(glue.spatial_shape(image))
+        ndim = len(spatial_shape(image))
         placement = {"scale": tuple(image.scale), "translate": tuple(image.translate)}
         for layer in (self.points, self.shapes):
             if layer is not None and layer.ndim != ndim:
                 self.viewer.layers.remove(layer)
         self.forget_removed()
-        size = max(glue.spatial_shape(image)[-2:])
+        size = max(spatial_shape(image)[-2:])
         if self.points is None:
             self.points = self.viewer.add_points(
                 np.zeros((0, ndim)),
@@ -110,6 +129,7 @@ class SamPromptLayers:
                 border_color="white",
                 **placement,
             )
+            mark_role(self.points, INTERNAL_ROLE)
             self.points.events.data.connect(self.on_prompts_changed)
             self._bind_keys(self.points, points_layer=True)
         if self.shapes is None:
@@ -121,6 +141,7 @@ class SamPromptLayers:
                 edge_width=max(1.0, size / 200),
                 **placement,
             )
+            mark_role(self.shapes, INTERNAL_ROLE)
             self.shapes.events.data.connect(self.on_prompts_changed)
             self._bind_keys(self.shapes, points_layer=False)
         self.points.mode = "add"
@@ -152,15 +173,16 @@ class SamPromptLayers:
 
     def ensure_preview(self, image: Image) -> Labels:
         """The preview layer over ``image``, added below the prompt layers if missing."""
-        shape = glue.spatial_shape(image)
+        shape = spatial_shape(image)
         layer = self.preview
         if layer is not None and tuple(layer.data.shape) != shape:
             self.viewer.layers.remove(layer)
             self.forget_removed()
             layer = None
         if layer is None:
-            layer = glue.new_labels_layer(image, PREVIEW_NAME, np.zeros(shape, dtype=np.uint8))
+            layer = new_labels_layer(image, PREVIEW_NAME, np.zeros(shape, dtype=np.uint8))
             layer.opacity = 0.5
+            mark_role(layer, INTERNAL_ROLE)
             self.preview = layer
             self.add_below_prompts(layer)
         return layer
@@ -186,29 +208,68 @@ class SamPromptLayers:
     def show_preview(
         self, image: Image, slice_index: tuple[int, ...], masks: Sequence[np.ndarray]
     ) -> None:
-        """Replace the preview by ``masks`` (ids 1, 2, ...) on one slice."""
+        """Replace the preview by ``masks`` (ids 1, 2, ...) on one slice.
+
+        Only the region that changes (the old and new objects' bounding box) is written and
+        redrawn, so a small object on a large image costs a small crop.
+        """
         layer = self.ensure_preview(image)
-        self.clear_preview(refresh=False)
-        plane = np.zeros(layer.data.shape[-2:], dtype=np.uint8)
-        for i, mask in enumerate(masks):
-            plane[np.asarray(mask, bool) & (plane == 0)] = i % 254 + 1
-        layer.data[slice_index] = plane
-        self._preview_slices.add(tuple(slice_index))
-        layer.refresh()
+        key = tuple(int(i) for i in slice_index)
+        for other in [k for k in self._preview_boxes if k != key]:
+            self._draw(layer, other, [])
+        self._draw(layer, key, masks)
 
     def add_to_preview(self, image: Image, slice_index: tuple[int, ...], mask: np.ndarray) -> None:
         """Show one more mask (e.g. a propagation step) without clearing other slices."""
         layer = self.ensure_preview(image)
-        layer.data[slice_index] = np.asarray(mask, bool).astype(np.uint8)
-        self._preview_slices.add(tuple(slice_index))
-        layer.refresh()
+        self._draw(layer, tuple(int(i) for i in slice_index), [mask])
 
     def clear_preview(self, refresh: bool = True) -> None:
         """Erase every slice the preview has drawn on."""
         layer = self.preview
-        if layer is not None:
-            for index in self._preview_slices:
-                layer.data[index] = 0
-            if refresh and self._preview_slices:
-                layer.refresh()
-        self._preview_slices.clear()
+        if layer is None:
+            self._preview_boxes.clear()
+            return
+        for key in list(self._preview_boxes):
+            self._draw(layer, key, [])
+
+    def _draw(self, layer: Labels, key: tuple[int, ...], masks: Sequence[np.ndarray]) -> None:
+        new_box = None
+        boxes = []
+        for mask in masks:
+            box = bounding_box(np.asarray(mask, bool))
+            if box is not None:
+                boxes.append(box)
+        if boxes:
+            new_box = _union(boxes)
+        old_box = self._preview_boxes.pop(key, None)
+        region = _union([b for b in (old_box, new_box) if b is not None])
+        if region is None:
+            return
+        crop = np.zeros(
+            (region[0].stop - region[0].start, region[1].stop - region[1].start), np.uint8
+        )
+        for i, mask in enumerate(masks):
+            painted = np.asarray(mask, bool)[region] & (crop == 0)
+            crop[painted] = i % 254 + 1
+        old = np.asarray(layer.data[key + region])
+        changed = crop != old
+        if changed.any():
+            rows, cols = np.nonzero(changed)
+            fill = [np.full(rows.size, i, dtype=np.intp) for i in key]
+            layer.data_setitem(
+                (*fill, rows + region[0].start, cols + region[1].start), crop[changed]
+            )
+            if hasattr(layer, "_reset_history"):
+                layer._reset_history()  # the preview is not something to undo
+        if new_box is not None:
+            self._preview_boxes[key] = new_box
+
+
+def _union(boxes: Sequence[tuple[slice, slice]]) -> tuple[slice, slice] | None:
+    if not boxes:
+        return None
+    return (
+        slice(min(b[0].start for b in boxes), max(b[0].stop for b in boxes)),
+        slice(min(b[1].start for b in boxes), max(b[1].stop for b in boxes)),
+    )

@@ -7,33 +7,40 @@ without clicking:
 - :func:`segment_everything_in_layer`: automatic instance segmentation → a new labels layer;
 - :func:`propagate_label_through_stack`: carry one label through the slices of a stack.
 
-They also provide the background jobs (generators) the widget runs in a worker thread.
+They call the same pure jobs as the widget (:func:`~napari_segany.sam.automatic.segment_everything_job`,
+:func:`~napari_segany.sam.propagation.propagate_along_axis`) and write through the same layer
+glue (:mod:`.layer_io`, :mod:`.sam_layers`). No Qt here.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Generator, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from napari_segany._napari.sam_layers import (
-    boxes_on_slice,
-    check_image_layer,
+from napari_segany._napari.layer_io import (
     check_labels_fit,
-    check_prompts_inside,
+    check_slice_key,
     contrast_limits_of,
     n_leading_axes,
     new_labels_layer,
-    points_on_slice,
-    prompt_slices,
     read_slice,
     spatial_shape,
+)
+from napari_segany._napari.sam_layers import (
+    boxes_on_slice,
+    check_image_layer,
+    check_prompts_inside,
+    points_on_slice,
+    prompt_slices,
     write_mask_on_slices,
     write_masks,
 )
 from napari_segany.jobs import run_to_completion
-from napari_segany.sam.interactive_session import EmbeddingKey, InteractiveSamSession, SamPrompts
+from napari_segany.sam.automatic import segment_everything_job
+from napari_segany.sam.interactive_session import InteractiveSamSession, SamPrompts
+from napari_segany.sam.propagation import PropagationSettings, propagate_along_axis
 
 if TYPE_CHECKING:
     from napari.layers import Image, Labels, Points, Shapes
@@ -43,23 +50,22 @@ if TYPE_CHECKING:
 
 
 def load_session(
-    model: Any = "sam-vit-b", device: str = "auto", precision: str = "auto"
+    model: Any = "sam-vit-b",
+    device: str = "auto",
+    precision: str = "auto",
+    cache_dir: str | None = None,
 ) -> InteractiveSamSession:
     """An :class:`InteractiveSamSession` on a model given by name/path or already loaded.
 
     ``model`` may also be an existing session, returned as it is (so its cache is reused).
+    ``cache_dir`` keeps image embeddings on disk across sessions (see
+    :func:`napari_segany.sam.session_factory.open_sam_session`).
     """
     if isinstance(model, InteractiveSamSession):
         return model
-    session = InteractiveSamSession()
-    if isinstance(model, str):
-        from napari_segany.sam import load_sam
+    from napari_segany.sam.session_factory import open_sam_session
 
-        loaded = load_sam(model, device=device, precision=precision)
-        session.set_model(loaded, f"{model}|{device}", precision)
-    else:
-        session.set_model(model, f"model-{id(model)}", precision)
-    return session
+    return open_sam_session(model, device=device, precision=precision, cache_dir=cache_dir)
 
 
 def segment_layers_with_sam(
@@ -132,51 +138,10 @@ def segment_layers_with_sam(
         check_prompts_inside(prompts, image.shape[:2])
         key = session.embedding_key(layer_id, slice_index, limits)
         session.embed_now(key, image)
-        session.activate(key)
-        session.set_prompts(prompts)
-        session.predict()
+        session.decode(key, prompts)
         session.candidate_offset = candidate
         write_masks(labels_layer, slice_index, session.chosen_masks(), overwrite=overwrite)
     return labels_layer
-
-
-def segment_everything_job(
-    predictor: Any,
-    read: Callable[[tuple[int, ...]], np.ndarray],
-    slice_indices: Sequence[tuple[int, ...]],
-    shape: tuple[int, ...],
-    contrast_limits: tuple[float, float] | None,
-    options: dict[str, Any],
-) -> Generator[tuple[int, int], None, np.ndarray]:
-    """Job: automatic segmentation of some 2D slices into one int32 label volume of ``shape``.
-
-    Each slice is segmented by :func:`napari_segany.sam.automatic.segment_everything`; labels of
-    later slices are offset so that ids are unique across the whole volume. Yields overall
-    ``(done, total)`` (the per-slice progress of the pipeline scaled into the slice's share).
-    """
-    from napari_segany.sam.automatic import segment_everything
-
-    labels = np.zeros(shape, dtype=np.int32)
-    scale = 1000
-    total = scale * len(slice_indices)
-    offset = 0
-    yield 0, total
-    for n, slice_index in enumerate(slice_indices):
-        job = segment_everything(
-            predictor, read(slice_index), contrast_limits=contrast_limits, **options
-        )
-        while True:
-            try:
-                done, sub_total = next(job)
-            except StopIteration as stop:
-                result = stop.value
-                break
-            yield n * scale + int(scale * done / max(sub_total, 1)), total
-        plane = np.asarray(result.labels, dtype=np.int32)
-        labels[tuple(slice_index)] = np.where(plane > 0, plane + offset, 0)
-        offset = max(offset, int(labels[tuple(slice_index)].max(initial=0)))
-        yield (n + 1) * scale, total
-    return labels
 
 
 def segment_everything_in_layer(
@@ -206,11 +171,14 @@ def segment_everything_in_layer(
         ``pred_iou_thresh``, ``stability_score_thresh``, ``box_nms_thresh``, ...).
     """
     check_image_layer(image_layer)
-    session = load_session(model, device, precision)
-    from napari_segany.sam import SamPredictor
-
     shape = spatial_shape(image_layer)
-    slices = [tuple(slice_index)] if slice_index is not None else list(np.ndindex(*shape[:-2]))
+    if slice_index is not None:
+        slices = [check_slice_key(image_layer, slice_index)]
+    else:
+        slices = list(np.ndindex(*shape[:-2]))
+    session = load_session(model, device, precision)
+    from napari_segany.sam.predictor import SamPredictor
+
     job = segment_everything_job(
         SamPredictor(session.model),
         lambda s: read_slice(image_layer, s),
@@ -221,26 +189,6 @@ def segment_everything_in_layer(
     )
     labels = run_to_completion(job)
     return new_labels_layer(image_layer, name, labels)
-
-
-def propagation_slice_segmenter(
-    session: InteractiveSamSession,
-    image_layer: Image,
-    slice_index: Sequence[int],
-    axis: int,
-) -> Callable[[int, SamPrompts], Any]:
-    """``segment_slice(i, prompts)`` for propagation along leading axis ``axis`` from ``slice_index``."""
-    layer_id = str(image_layer.unique_id)
-    limits = contrast_limits_of(image_layer)
-    base = list(slice_index)
-
-    def segment_slice(i: int, prompts: SamPrompts) -> Any:
-        index = base.copy()
-        index[axis] = i
-        key: EmbeddingKey = session.embedding_key(layer_id, index, limits)
-        return session.segment_slice(key, lambda: read_slice(image_layer, index), prompts)
-
-    return segment_slice
 
 
 def propagate_label_through_stack(
@@ -271,44 +219,38 @@ def propagate_label_through_stack(
     overwrite
         Paint over other labels (default: only background pixels).
     **options
-        Passed to :func:`napari_segany.sam.propagation.propagate_through_stack`.
+        Other :class:`~napari_segany.sam.propagation.PropagationSettings` fields (``direction``,
+        ``min_score``, ``min_area``, ``use_mask_prompt``, ...).
+
+    Raises
+    ------
+    ValueError
+        A 2D image, a slice index out of range, or ``label_id`` absent from that slice.
 
     Returns
     -------
     dict[int, np.ndarray]
         Index along ``axis`` → (H, W) bool mask, for every slice the object reached.
     """
-    from napari_segany.sam.propagation import propagate_through_stack
-
     check_image_layer(image_layer)
     check_labels_fit(labels_layer, image_layer)
-    session = load_session(model, device, precision)
-    lead = n_leading_axes(image_layer)
-    if lead == 0:
+    if n_leading_axes(image_layer) == 0:
         raise ValueError("propagation needs a stack (3D or more), this image is 2D")
-    axis = axis % lead
-    start_mask = np.asarray(labels_layer.data[tuple(slice_index)]) == label_id
-    job = propagate_through_stack(
-        propagation_slice_segmenter(session, image_layer, slice_index, axis),
-        spatial_shape(image_layer)[axis],
-        int(slice_index[axis]),
-        start_mask,
-        **options,
+    slice_index = check_slice_key(image_layer, slice_index)
+    start_mask = np.asarray(labels_layer.data[slice_index]) == label_id
+    if not start_mask.any():
+        raise ValueError(f"label {label_id} is not on slice {slice_index} of {labels_layer.name!r}")
+    settings = PropagationSettings(axis=axis, **options)
+    session = load_session(model, device, precision)
+    segment_at = session.key_segmenter(
+        str(image_layer.unique_id),
+        lambda key: read_slice(image_layer, key),
+        contrast_limits_of(image_layer),
+    )
+    job = propagate_along_axis(
+        segment_at, spatial_shape(image_layer)[:-2], slice_index, start_mask, settings
     )
     result = run_to_completion(job)
-    write_mask_on_slices(
-        labels_layer, along_axis(result.masks, slice_index, axis), label_id, overwrite=overwrite
-    )
-    return result.masks
-
-
-def along_axis(
-    masks: dict[int, np.ndarray], slice_index: Sequence[int], axis: int
-) -> dict[tuple[int, ...], np.ndarray]:
-    """Re-key masks found along one leading axis by their full slice index."""
-    out = {}
-    for i, mask in sorted(masks.items()):
-        index = list(slice_index)
-        index[axis] = i
-        out[tuple(index)] = mask
-    return out
+    write_mask_on_slices(labels_layer, result.masks, label_id, overwrite=overwrite)
+    axis_index = settings.resolved_axis(n_leading_axes(image_layer))
+    return {key[axis_index]: mask for key, mask in result.masks.items()}

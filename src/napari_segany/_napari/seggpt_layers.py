@@ -2,10 +2,11 @@
 
 :func:`plan_from_layers` reads image and labels layers into a
 :class:`~napari_segany.seggpt.propagation.SlicePropagation` (validating everything first),
-:func:`write_slice` writes one finished slice into a labels layer (undoable, painted pixels kept),
+:func:`slice_edit` computes one finished slice's write (painted pixels kept; written through
+:func:`~napari_segany._napari.layer_io.apply_edits`, undoable within the shared undo budget),
 and :func:`segment_layers_with_seggpt` does the whole operation without the GUI::
 
-    from napari_segany._napari.seggpt_layers import segment_layers_with_seggpt
+    from napari_segany.scripting import segment_layers_with_seggpt
 
     labels = segment_layers_with_seggpt(viewer.layers["stack"], viewer.layers["painted"])
     viewer.add_layer(labels)
@@ -15,12 +16,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Sequence
-from contextlib import ExitStack
-from typing import Any
+from contextlib import nullcontext
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from napari.layers import Image, Labels
 
+from napari_segany._napari import layer_io
 from napari_segany.seggpt.propagation import (
     PropagationSettings,
     SliceKey,
@@ -28,23 +29,22 @@ from napari_segany.seggpt.propagation import (
     StackLayout,
     label_dtype,
     labelled_slices,
-    merge_labels,
     select_slices,
 )
+
+if TYPE_CHECKING:
+    from napari.layers import Image, Labels
 
 SliceSelection = str | int | range | Iterable[Sequence[int]] | None
 """``"all"``, ``"current"``, an index or ``range`` on the first slice axis, or slice keys."""
 
 OUTPUT_NAME = "SegGPT labels"
 
-UNDO_PIXEL_BUDGET = 8_000_000
-"""Most target pixels a run into an existing labels layer may cover and still be undoable.
-napari's undo keeps the index, old and new value of every changed pixel (about 32 bytes each for
-a 3D stack), so e.g. 30 slices of 512 x 512 are undoable (one step), 100 are not."""
-
 
 def image_layout(layer: Image) -> StackLayout:
     """Leading (slice) shape, spatial shape and RGB flag of an image layer's data."""
+    from napari.layers import Image
+
     if not isinstance(layer, Image):
         raise ValueError(f"{getattr(layer, 'name', layer)!r} is not an image layer")
     if layer.multiscale:
@@ -53,23 +53,6 @@ def image_layout(layer: Image) -> StackLayout:
             "(add the full-resolution level as its own layer)"
         )
     return StackLayout.of(layer.data.shape, layer.rgb)
-
-
-def current_slice_key(layer: Image | Labels, world_point: Sequence[float]) -> SliceKey:
-    """The slice of ``layer`` shown at the viewer position ``world_point`` (``viewer.dims.point``).
-
-    World coordinates go through the layer's transforms (scale, translate, ...), so layers placed
-    anywhere in the world are sliced where the viewer shows them. Returns ``()`` for 2D layers.
-    """
-    leading_ndim = layer.ndim - 2
-    if leading_ndim <= 0:
-        return ()
-    data_point = layer.world_to_data(np.asarray(world_point, dtype=float))
-    shape = layer.data.shape[:leading_ndim]
-    return tuple(
-        int(np.clip(np.round(p), 0, n - 1))
-        for p, n in zip(data_point[:leading_ndim], shape, strict=True)
-    )
 
 
 def new_output_layer(
@@ -91,15 +74,7 @@ def new_output_layer(
     data = np.zeros(layout.label_shape, dtype=dtype)
     if initial_labels is not None and tuple(np.shape(initial_labels)) == layout.label_shape:
         data[...] = np.asarray(initial_labels)
-    return Labels(
-        data,
-        name=name,
-        scale=target.scale,
-        translate=target.translate,
-        rotate=target.rotate,
-        shear=target.shear,
-        affine=target.affine,
-    )
+    return layer_io.new_labels_layer(target, name, data)
 
 
 def prompt_keys_from_selection(
@@ -163,7 +138,7 @@ def plan_from_layers(
         ``"all"``, ``"current"`` (needs ``current_key``), an index or ``range`` on the first slice
         axis, or explicit slice keys.
     current_key
-        The slice the viewer shows (see :func:`current_slice_key`).
+        The slice the viewer shows (see :func:`~napari_segany._napari.layer_io.slice_key_at`).
     prompt_slices
         Which painted slices are prompts (see :func:`prompt_keys_from_selection`).
     settings
@@ -175,6 +150,8 @@ def plan_from_layers(
         Wrong layer types, shape mismatches, empty prompt labels, bad slice choices; the message
         says what to change. Nothing is modified.
     """
+    from napari.layers import Labels
+
     if not isinstance(prompt_labels, Labels):
         raise ValueError(f"{getattr(prompt_labels, 'name', prompt_labels)!r} is not a labels layer")
     layout = image_layout(target)
@@ -211,40 +188,21 @@ def plan_from_layers(
     )
 
 
-def write_slice(
-    output: Labels,
-    key: SliceKey,
-    labels: np.ndarray,
-    *,
-    overwrite: bool = False,
-    undoable: bool = True,
-    refresh: bool = True,
-) -> None:
-    """Write one predicted (H, W) slice into ``output`` at slice ``key``.
+def slice_edit(
+    output: Labels, key: SliceKey, labels: np.ndarray, *, overwrite: bool = False
+) -> layer_io.PlaneEdit | None:
+    """What writing one predicted (H, W) slice into ``output`` at ``key`` changes.
 
-    Labelled pixels are kept unless ``overwrite``. With ``undoable`` only the changed pixels are
-    written, through ``Labels.data_setitem``, which records them for napari's undo (one step per
-    slice, or one for a whole run inside ``output.block_history()``); otherwise the slice is
-    assigned directly and, with ``refresh``, the layer redrawn.
+    SegGPT predicts the whole slice: labelled pixels are kept unless ``overwrite``, which also
+    writes the prediction's background (the one merge rule, see :mod:`.layer_io`).
     """
-    existing = np.asarray(output.data[key])
-    merged = merge_labels(existing, labels, overwrite=overwrite)
-    if not undoable:
-        output.data[key] = merged
-        if refresh:
-            output.refresh()
-        return
-    changed = np.nonzero(merged != existing)
-    if changed[0].size == 0:
-        return
-    indices = tuple(np.full(changed[0].shape, i, dtype=np.intp) for i in key) + changed
-    output.data_setitem(indices, merged[changed])
+    return layer_io.plane_edit(output.data, key, labels, overwrite=overwrite)
 
 
 def run_fits_undo(plan: SlicePropagation) -> bool:
-    """Whether napari's undo history may record a run: at most :data:`UNDO_PIXEL_BUDGET` pixels."""
+    """Whether napari's undo may record a run: at most ``UNDO_PIXEL_BUDGET`` target pixels."""
     rows, cols = plan.target_layout.spatial_shape
-    return len(plan) * rows * cols <= UNDO_PIXEL_BUDGET
+    return len(plan) * rows * cols <= layer_io.UNDO_PIXEL_BUDGET
 
 
 def seggpt_predictor(model: Any, device: str = "auto", precision: str = "auto") -> Any:
@@ -318,6 +276,11 @@ def segment_layers_with_seggpt(
     overwrite
         Replace existing labels in the output (default: fill only unlabelled pixels).
 
+    A run into an existing ``output_layer`` is one undo step when it fits the undo budget
+    (:data:`~napari_segany._napari.layer_io.UNDO_PIXEL_BUDGET` target pixels); if it fails or
+    is interrupted, the layer is put back as it was and its undo history is unchanged. A larger
+    run is neither undoable nor rolled back (slices written so far stay).
+
     Returns
     -------
     napari.layers.Labels
@@ -348,23 +311,23 @@ def segment_layers_with_seggpt(
             target_image_layer, initial_labels=painted, prompt_labels=prompt_labels_layer.data
         )
     undoable = output_layer is not None and run_fits_undo(plan)
-    with ExitStack() as history:
-        if undoable:
-            history.enter_context(output.block_history())  # the whole run: one undo step
-        for key, labels in plan.run(predictor):
-            write_slice(
-                output,
-                key,
-                labels,
-                overwrite=overwrite,
-                undoable=undoable,
-                refresh=output_layer is not None,
-            )
+    written: list[layer_io.PlaneEdit] = []
+    try:
+        with output.block_history() if undoable else nullcontext():  # the run: one undo step
+            for key, labels in plan.run(predictor):
+                edit = slice_edit(output, key, labels, overwrite=overwrite)
+                if edit is not None:
+                    layer_io.apply_edits(output, [edit], undoable=undoable, own_history_step=False)
+                    if undoable:  # a run too large to undo is not rolled back either
+                        written.append(edit)
+    except BaseException:
+        if output_layer is not None:
+            layer_io.roll_back(output, written)  # the layer is as it was before the run
+        raise
     return output
 
 
 __all__ = [
-    "current_slice_key",
     "image_layout",
     "new_output_layer",
     "plan_from_layers",
@@ -372,5 +335,5 @@ __all__ = [
     "run_fits_undo",
     "segment_layers_with_seggpt",
     "seggpt_predictor",
-    "write_slice",
+    "slice_edit",
 ]

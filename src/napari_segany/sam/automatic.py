@@ -392,6 +392,60 @@ def segment_everything(
     return SegmentEverythingResult(labels=labels, records=records)
 
 
+def segment_everything_job(
+    model_or_predictor: Any,
+    read: Any,
+    slice_keys: Any,
+    shape: tuple[int, ...],
+    contrast_limits: tuple[float, float] | None,
+    options: dict[str, Any],
+) -> Generator[tuple[int, int], None, np.ndarray]:
+    """Job: :func:`segment_everything` on some 2D slices of a stack, into one label volume.
+
+    Parameters
+    ----------
+    model_or_predictor
+        A loaded SAM model or a ``SamPredictor``.
+    read
+        ``read(slice_key) -> (H, W[, C]) array``, called in the job (lazy data is read off the
+        GUI thread).
+    slice_keys
+        Leading-axis indices of the slices to segment (``[()]`` for a 2D image).
+    shape
+        Spatial shape of the whole image, ``(*leading, H, W)``; the result has this shape.
+    contrast_limits
+        Intensities mapped to 0 and 255, the same for every slice.
+    options
+        Keyword arguments of :func:`segment_everything`.
+
+    Yields overall ``(done, total)`` (each slice's own progress scaled into its share) and returns
+    an int32 label volume of ``shape``; ids of later slices are offset so that they are unique
+    across the volume.
+    """
+    slice_keys = [tuple(int(i) for i in key) for key in slice_keys]
+    labels = np.zeros(shape, dtype=np.int32)
+    scale = 1000
+    total = scale * len(slice_keys)
+    offset = 0
+    yield 0, total
+    for n, key in enumerate(slice_keys):
+        job = segment_everything(
+            model_or_predictor, read(key), contrast_limits=contrast_limits, **options
+        )
+        while True:
+            try:
+                done, sub_total = next(job)
+            except StopIteration as stop:
+                result = stop.value
+                break
+            yield n * scale + int(scale * done / max(sub_total, 1)), total
+        plane = np.asarray(result.labels, dtype=np.int32)
+        labels[key] = np.where(plane > 0, plane + offset, 0)
+        offset = max(offset, int(labels[key].max(initial=0)))
+        yield (n + 1) * scale, total
+    return labels
+
+
 def _encode(mask: np.ndarray, output_mode: str) -> dict[str, Any]:
     rle = mask_to_uncompressed_rle(mask)
     if output_mode == "uncompressed_rle":

@@ -148,7 +148,7 @@ class InteractiveSamSession:
         self._embedder: Any = None
         self._decoder: Any = None
         self._embed_lock = threading.Lock()
-        self._decode_lock = threading.Lock()
+        self._decode_lock = threading.RLock()
         self.active_key: EmbeddingKey | None = None
         self.prompts = SamPrompts()
         self._prompts_set = False
@@ -212,7 +212,11 @@ class InteractiveSamSession:
         return key in self.cache
 
     def compute_embedding(
-        self, key: EmbeddingKey, image: np.ndarray | Callable[[], np.ndarray]
+        self,
+        key: EmbeddingKey,
+        image: np.ndarray | Callable[[], np.ndarray],
+        *,
+        should_stop: Callable[[], bool] | None = None,
     ) -> Generator[tuple[int, int], None, EmbeddingKey]:
         """Job: compute (or fetch from disk) and cache the embedding of one 2D slice.
 
@@ -223,6 +227,9 @@ class InteractiveSamSession:
         image
             (H, W) grayscale or (H, W, 3|4) RGB(A) slice, any numeric dtype; or a callable
             returning it, called in the job (so lazily loaded data is read off the GUI thread).
+        should_stop
+            Asked after every encoder block; when it returns ``True`` the embedding is abandoned
+            (:class:`EmbeddingCancelled` is raised), so *Cancel* acts within one block.
 
         Yields
         ------
@@ -236,27 +243,35 @@ class InteractiveSamSession:
         """
         self._require_model()
         yield 0, 1
-        self.embed_now(key, image)
+        self.embed_now(key, image, should_stop=should_stop)
         yield 1, 1
         return key
 
-    def embed_now(self, key: EmbeddingKey, image: np.ndarray | Callable[[], np.ndarray]) -> Any:
+    def embed_now(
+        self,
+        key: EmbeddingKey,
+        image: np.ndarray | Callable[[], np.ndarray],
+        *,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> Any:
         """Compute (or fetch) the embedding of one slice right away and cache it; returns the state.
 
-        ``image`` is the slice or a callable returning it (only called when not cached).
+        ``image`` is the slice or a callable returning it (only called when not cached);
+        ``should_stop`` as in :meth:`compute_embedding`.
         """
         self._require_model()
         if key in self.cache:
             return self.cache.get(key)
         rgb = to_uint8_rgb(image() if callable(image) else image, key.contrast_limits)
         fingerprint = image_fingerprint(rgb) if self.cache.disk_dir is not None else None
-        state = self.cache.get(key, fingerprint)
+        model_id = getattr(self._embedder, "model_id", None)  # stale disk files are a miss
+        state = self.cache.get(key, fingerprint, model_id=model_id)
         if state is not None:
             return state
         with self._embed_lock:
-            self._embedder.set_image(rgb)
+            _set_image(self._embedder, rgb, should_stop)
             state = self._embedder.get_embedding_state()
-        self.cache.put(key, state, fingerprint)
+        self.cache.put(key, state, fingerprint, model_id=model_id)
         return state
 
     def precompute_embeddings(
@@ -303,6 +318,42 @@ class InteractiveSamSession:
 
     # -- prompts and decoding ---------------------------------------------------------------
 
+    def decode(self, key: EmbeddingKey, prompts: SamPrompts) -> list[ObjectPrediction]:
+        """Decode ``prompts`` on ``key``'s embedding: activate, set prompts and predict, atomically.
+
+        The one entry the widget's preview uses: the whole step holds the session's decode
+        lock, so a prompt change on the GUI thread never interleaves with a decode in a worker.
+        Returns the predictions (also kept in :attr:`predictions`).
+
+        Raises
+        ------
+        LookupError
+            ``key``'s embedding is not cached (compute it first).
+        """
+        with self._decode_lock:
+            if not self.activate(key):
+                raise LookupError("the image embedding is not in the cache; compute it first")
+            self.set_prompts(prompts)
+            return self.predict()
+
+    def key_segmenter(
+        self,
+        layer_id: str,
+        read_slice: Callable[[tuple[int, ...]], np.ndarray],
+        contrast_limits: tuple[float, float] | None,
+    ) -> Callable[[tuple[int, ...], SamPrompts], ObjectPrediction]:
+        """``segment_at(slice_key, prompts)`` on the cached embeddings of one image's slices.
+
+        For :func:`~napari_segany.sam.propagation.propagate_along_axis`; slices are read with
+        ``read_slice(slice_key)`` only when their embedding is not cached.
+        """
+
+        def segment_at(slice_key: tuple[int, ...], prompts: SamPrompts) -> ObjectPrediction:
+            key = self.embedding_key(layer_id, slice_key, contrast_limits)
+            return self.segment_slice(key, lambda: read_slice(slice_key), prompts)
+
+        return segment_at
+
     def set_prompts(self, prompts: SamPrompts) -> None:
         """Replace the current prompts (and forget predictions made from the previous ones)."""
         points = np.asarray(prompts.points_rc, dtype=np.float64).reshape(-1, 2)
@@ -320,10 +371,11 @@ class InteractiveSamSession:
 
     def clear_prompts(self) -> None:
         """Forget prompts, predictions and the candidate choice."""
-        self.prompts = SamPrompts()
-        self._prompts_set = False
-        self.predictions = []
-        self.candidate_offset = 0
+        with self._decode_lock:
+            self.prompts = SamPrompts()
+            self._prompts_set = False
+            self.predictions = []
+            self.candidate_offset = 0
 
     def predict(self) -> list[ObjectPrediction]:
         """Decode the current prompts against the active embedding.
@@ -457,6 +509,30 @@ class InteractiveSamSession:
     def _require_model(self) -> None:
         if self.model is None:
             raise RuntimeError("no model: call set_model() first")
+
+
+class EmbeddingCancelled(Exception):
+    """An embedding was abandoned between two encoder blocks because the job was cancelled."""
+
+
+def _set_image(predictor: Any, rgb: np.ndarray, should_stop: Callable[[], bool] | None) -> None:
+    """``predictor.set_image(rgb)``, checking ``should_stop`` after every encoder block."""
+    if should_stop is None:
+        predictor.set_image(rgb)
+        return
+
+    def on_block(done: int, total: int) -> None:
+        if should_stop():
+            raise EmbeddingCancelled(f"embedding cancelled after block {done} of {total}")
+
+    if should_stop():
+        raise EmbeddingCancelled("embedding cancelled before it started")
+    try:
+        predictor.set_image(rgb, on_block=on_block)
+    except TypeError as exc:  # a predictor without the per-block callback
+        if "on_block" not in str(exc):
+            raise
+        predictor.set_image(rgb)
 
 
 def group_points_by_box(

@@ -43,6 +43,8 @@ class PropagationStep:
         SAM's predicted IoU for the mask.
     direction
         ``+1`` (increasing indices) or ``-1``.
+    key
+        Full slice key (leading-axis indices) of the slice, set by :func:`propagate_along_axis`.
     """
 
     done: int
@@ -51,6 +53,7 @@ class PropagationStep:
     mask: np.ndarray | None
     score: float
     direction: int
+    key: tuple[int, ...] = ()
 
 
 @dataclass
@@ -60,14 +63,141 @@ class PropagationResult:
     Attributes
     ----------
     masks
-        Slice index → (H, W) bool mask, for every slice the object reached (the start slice
-        excluded).
+        Slice index (full slice key from :func:`propagate_along_axis`) → (H, W) bool mask, for
+        every slice the object reached (the start slice excluded).
     stop_reasons
         ``"forward"`` / ``"backward"`` → why that direction stopped.
     """
 
-    masks: dict[int, np.ndarray] = field(default_factory=dict)
+    masks: dict[Any, np.ndarray] = field(default_factory=dict)
     stop_reasons: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PropagationSettings:
+    """Options of a SAM propagation (the widget's *Propagate* and the scripting function).
+
+    Attributes
+    ----------
+    direction
+        ``"both"``, ``"forward"`` (increasing indices) or ``"backward"``.
+    min_score, min_area, min_overlap
+        Stop rules of :func:`propagate_through_stack`.
+    use_mask_prompt
+        Also give the previous slice's mask as SAM's mask prompt.
+    n_points, box_margin
+        How the previous mask becomes prompts (:func:`prompts_from_mask`).
+    axis
+        The stack axis to walk along, counted among the image's leading (non-plane) axes: for a
+        T×Z×Y×X image 0 is T and 1 is Z; ``None`` means the last one (Z).
+    max_steps
+        Most slices to visit in each direction (``None``: until the stack ends).
+    """
+
+    direction: str = "both"
+    min_score: float = 0.5
+    min_area: int = 10
+    use_mask_prompt: bool = False
+    axis: int | None = None
+    n_points: int = 3
+    box_margin: float = 2.0
+    min_overlap: float = 0.1
+    max_steps: int | None = None
+
+    def as_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for :func:`propagate_through_stack` (``axis`` is not one of them)."""
+        return {
+            "direction": self.direction,
+            "n_points": self.n_points,
+            "box_margin": self.box_margin,
+            "use_mask_prompt": self.use_mask_prompt,
+            "min_area": self.min_area,
+            "min_score": self.min_score,
+            "min_overlap": self.min_overlap,
+            "max_steps": self.max_steps,
+        }
+
+    def resolved_axis(self, n_leading: int) -> int:
+        """The axis index among ``n_leading`` leading axes (``ValueError`` if there is none)."""
+        if n_leading <= 0:
+            raise ValueError("propagation needs a stack (3D or more); this image is 2D")
+        axis = n_leading - 1 if self.axis is None else int(self.axis)
+        if axis < 0:
+            axis += n_leading
+        if not 0 <= axis < n_leading:
+            raise ValueError(
+                f"axis {self.axis} is not a stack axis of this image (it has {n_leading})"
+            )
+        return axis
+
+
+KeySegmenter = Callable[[tuple[int, ...], SamPrompts], ObjectPrediction]
+"""``segment_at(slice_key, prompts) -> ObjectPrediction`` for any 2D slice of a stack."""
+
+
+def propagate_along_axis(
+    segment_at: KeySegmenter,
+    stack_shape: tuple[int, ...],
+    start_key: tuple[int, ...],
+    start_mask: np.ndarray,
+    settings: PropagationSettings | None = None,
+) -> Generator[PropagationStep, None, PropagationResult]:
+    """Carry an object from slice ``start_key`` along one leading axis of a stack.
+
+    Parameters
+    ----------
+    segment_at
+        ``segment_at(slice_key, prompts)`` on full slice keys (e.g.
+        :meth:`~napari_segany.sam.interactive_session.InteractiveSamSession.key_segmenter`).
+    stack_shape
+        Sizes of the leading axes, e.g. ``(T, Z)`` of a T×Z×Y×X image.
+    start_key
+        Slice key the object was segmented on.
+    start_mask
+        (H, W) bool mask of the object there.
+    settings
+        Stop rules, direction and the axis (default: the last leading axis).
+
+    Yields
+    ------
+    PropagationStep
+        As :func:`propagate_through_stack`, with ``key`` set to the full slice key.
+
+    Returns
+    -------
+    PropagationResult
+        ``masks`` keyed by full slice keys.
+    """
+    settings = settings or PropagationSettings()
+    stack_shape = tuple(int(n) for n in stack_shape)
+    axis = settings.resolved_axis(len(stack_shape))
+    start_key = tuple(int(i) for i in start_key)
+    if len(start_key) != len(stack_shape):
+        raise ValueError(f"slice key {start_key} does not fit a stack of shape {stack_shape}")
+
+    def key_at(index: int) -> tuple[int, ...]:
+        key = list(start_key)
+        key[axis] = int(index)
+        return tuple(key)
+
+    job = propagate_through_stack(
+        lambda i, prompts: segment_at(key_at(i), prompts),
+        stack_shape[axis],
+        start_key[axis],
+        start_mask,
+        **settings.as_kwargs(),
+    )
+    while True:
+        try:
+            step = next(job)
+        except StopIteration as stop:
+            result = stop.value
+            break
+        step.key = key_at(step.slice_index)
+        yield step
+    return PropagationResult(
+        {key_at(i): mask for i, mask in sorted(result.masks.items())}, result.stop_reasons
+    )
 
 
 def prompts_from_mask(

@@ -40,10 +40,12 @@ Callback = Callable[..., Any] | None
 
 
 class JobFailed(Exception):
-    """Wraps a ``RuntimeError`` raised by a job.
+    """Wraps a ``RuntimeError`` or a ``BaseException`` raised by a job.
 
     The worker machinery treats a ``RuntimeError`` escaping the generator as "the worker was
-    deleted" and drops it silently; wrapping keeps it visible. The original is ``__cause__``.
+    deleted" and drops it silently, and lets a ``BaseException`` (``KeyboardInterrupt``,
+    ``SystemExit``) end the thread without any signal, so the task would stay "running" forever;
+    wrapping keeps both visible and the task usable. The original is ``__cause__``.
     """
 
 
@@ -105,8 +107,14 @@ def progress_of(value: Any) -> tuple[int, int, str] | None:
 def _guarded_job(job: Callable[..., Generator], args: tuple, kwargs: dict) -> Generator:
     try:
         result = yield from job(*args, **kwargs)
-    except RuntimeError as exc:
-        raise JobFailed(str(exc)) from exc
+    except GeneratorExit:
+        raise
+    except (RuntimeError, KeyboardInterrupt, SystemExit) as exc:
+        raise JobFailed(str(exc) or type(exc).__name__) from exc
+    except Exception:
+        raise
+    except BaseException as exc:
+        raise JobFailed(str(exc) or type(exc).__name__) from exc
     return result
 
 
@@ -159,6 +167,14 @@ class BackgroundTask(QWidget):
     def is_running(self) -> bool:
         """Whether a job is running (or cancelling and not yet stopped)."""
         return self._worker is not None
+
+    def stop_requested(self) -> bool:
+        """Whether the running job should stop (*Cancel* was pressed); safe from any thread.
+
+        Long steps inside a job poll it (e.g. between encoder blocks) so Cancel acts at once.
+        """
+        worker = self._worker
+        return worker is None or bool(worker.abort_requested)
 
     @property
     def description(self) -> str:
@@ -227,7 +243,12 @@ class BackgroundTask(QWidget):
                 on_returned(result)
 
         def errored(exc: BaseException) -> None:
+            cancelled = worker.abort_requested
             release()
+            if cancelled:  # the job stopped itself after Cancel (e.g. between encoder blocks)
+                if on_aborted is not None:
+                    on_aborted()
+                return
             logger.error("%s failed", description, exc_info=exc)
             if on_error is not None:
                 on_error(exc)

@@ -4,20 +4,20 @@ The widget is thin (STYLE rule 7): it reads its form into a
 :class:`~napari_segany.seggpt.propagation.SlicePropagation` through
 :func:`~napari_segany._napari.seggpt_layers.plan_from_layers` (which validates everything, so bad
 inputs end in a notification before anything changes), loads the model through the shared
-:class:`~napari_segany._napari.model_picker.ModelPicker`, runs :func:`segment_job` in the shared
-:class:`~napari_segany._napari.background_task.BackgroundTask` and writes each slice into the
-output labels layer on the main thread as soon as it is done.
+:class:`~.model_picker.ModelPicker`, runs :func:`~napari_segany.seggpt.stack_job.segment_job` in
+the shared :class:`~.background_task.BackgroundTask` and writes each slice into the output
+labels layer on the main thread as soon as it is done.
+
+The SAM widget's own layers (points, boxes, preview) are never offered; once the SAM widget has
+committed objects, its output labels layer is the default prompt.
 """
 
 from __future__ import annotations
 
-import re
-from collections.abc import Generator
 from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-import numpy as np
 from magicgui.widgets import (
     CheckBox,
     ComboBox,
@@ -30,68 +30,26 @@ from magicgui.widgets import (
 from napari.layers import Image, Labels
 from napari.utils.notifications import show_error, show_info, show_warning
 
-from napari_segany._napari.background_task import BackgroundTask
-from napari_segany._napari.model_picker import ModelPicker
+from napari_segany._napari import layer_io
+from napari_segany._napari._qt.background_task import BackgroundTask
+from napari_segany._napari._qt.dock_form import DockForm, wrapped_label
+from napari_segany._napari._qt.model_picker import ModelPicker
+from napari_segany._napari.sam_prompt_layers import INTERNAL_ROLE, SAM_OUTPUT_ROLE, role_of
 from napari_segany._napari.seggpt_layers import (
-    current_slice_key,
     new_output_layer,
     plan_from_layers,
     run_fits_undo,
     seggpt_predictor,
-    write_slice,
+    slice_edit,
 )
 from napari_segany.seggpt.propagation import PropagationSettings, SliceKey, SlicePropagation
 from napari_segany.seggpt.registry import DEFAULT_SEGGPT_MODEL, SEGGPT_MODELS
+from napari_segany.seggpt.stack_job import SliceDone, parse_slice_list, segment_job
 
+WIDGET_NAME = "In-context segmentation (SegGPT)"
 SAME_AS_TARGET = "same as image"
 NEW_LAYER = "new labels layer"
 ALL_SLICES, CURRENT_SLICE, SLICE_RANGE = "all slices", "current slice", "slice range"
-
-
-@dataclass(frozen=True)
-class SliceDone:
-    """Progress of a run, yielded by :func:`segment_job`: slice ``key`` is done (or none yet)."""
-
-    done: int
-    total: int
-    key: SliceKey | None = None
-    labels: np.ndarray | None = None
-
-    @property
-    def message(self) -> str:
-        return f"slice {self.done}/{self.total}" if self.key is not None else "starting"
-
-
-def segment_job(plan: SlicePropagation, predictor: Any) -> Generator[SliceDone, None, int]:
-    """Background job: predict the planned slices, yielding each one; returns how many were done."""
-    total = len(plan)
-    yield SliceDone(0, total)
-    done = 0
-    for key, labels in plan.run(predictor):
-        done += 1
-        yield SliceDone(done, total, key, labels)
-    return done
-
-
-def parse_slice_list(text: str) -> list[int] | None:
-    """``"0, 8, 12-14"`` -> ``[0, 8, 12, 13, 14]``; an empty text -> ``None`` (every painted slice)."""
-    text = text.strip()
-    if not text:
-        return None
-    indices: list[int] = []
-    for part in re.split(r"[,\s;]+", text):
-        if not part:
-            continue
-        match = re.fullmatch(r"(\d+)(?:-(\d+))?", part)
-        if match is None:
-            raise ValueError(
-                f"cannot read prompt slices {text!r}: write slice numbers and ranges such as "
-                "'0, 8, 12-14', or leave the field empty to use every painted slice"
-            )
-        start = int(match.group(1))
-        stop = int(match.group(2)) if match.group(2) is not None else start
-        indices.extend(range(min(start, stop), max(start, stop) + 1))
-    return list(dict.fromkeys(indices))
 
 
 @dataclass
@@ -110,6 +68,7 @@ class _Run:
     start_from_prompt_labels: bool
     undoable: bool = False
     written: int = 0
+    stopped: bool = False
     keys: list[SliceKey] = field(default_factory=list)
     history: ExitStack = field(default_factory=ExitStack)
 
@@ -120,7 +79,19 @@ def _load_seggpt(source: str, device: str, precision: str) -> Any:
     return load_seggpt(source, device=device, precision=precision)
 
 
-class SegGptWidget(Container):
+def find_or_open_seggpt_widget(viewer: Any) -> SegGptWidget:
+    """The SegGPT widget docked in ``viewer``, docking a new one if there is none."""
+    for dock in list(getattr(viewer.window, "_dock_widgets", {}).values()):
+        inner = dock.widget()
+        found = inner if isinstance(inner, SegGptWidget) else inner.findChild(SegGptWidget)
+        if found is not None:
+            return found
+    widget = SegGptWidget(viewer)
+    viewer.window.add_dock_widget(widget, name=WIDGET_NAME, area="right")
+    return widget
+
+
+class SegGptWidget(DockForm):
     """In-context segmentation of image layers from painted labels (SegGPT).
 
     Parameters
@@ -130,6 +101,7 @@ class SegGptWidget(Container):
     """
 
     def __init__(self, napari_viewer: Any) -> None:
+        super().__init__()
         self.viewer = napari_viewer
         self.target_box = ComboBox(
             label="image",
@@ -195,54 +167,101 @@ class SegGptWidget(Container):
         self.uncertain_box = CheckBox(
             text="leave uncertain pixels unlabelled",
             value=False,
+            tooltip="SegGPT paints each pixel with a label's colour; pixels whose colour is "
+            "unclear stay empty instead of getting the nearest label",
         )
         self.threshold_box = FloatSpinBox(
-            label="uncertainty",
+            label="tolerance",
             value=60.0,
             min=0.0,
             max=442.0,
             step=5.0,
-            tooltip="Pixels whose painted colour is farther than this from every label colour "
-            "(RGB distance, 0-442) stay unlabelled",
+            tooltip="How unclear a pixel may be and still get a label: lower leaves more "
+            "pixels empty, higher labels almost every pixel (RGB colour distance, 0-442)",
         )
         self.model_picker = ModelPicker(
             list(SEGGPT_MODELS), _load_seggpt, default=DEFAULT_SEGGPT_MODEL
         )
         self.run_button = PushButton(text="Segment")
-        super().__init__(
-            widgets=[
-                self.target_box,
-                self.prompt_image_box,
-                self.prompt_labels_box,
-                self.prompt_slices_edit,
-                self.max_prompts_box,
-                self.slices_box,
-                self.range_start,
-                self.range_stop,
-                self.output_box,
-                self.overwrite_box,
-                self.video_box,
-                self.time_axis_box,
-                self.uncertain_box,
-                self.threshold_box,
-                self.model_picker,
-                self.run_button,
-            ]
+        self.status = wrapped_label()
+        self.add_rows(
+            self.target_box,
+            self.prompt_labels_box,
+            self.output_box,
+            self.slices_box,
+            self.range_start,
+            self.range_stop,
         )
-        self.task = BackgroundTask(notify_error=lambda message: show_error(message))
-        self.native.layout().addWidget(self.task)
+        self.add_rows(self.run_button, self.status, labels=False)
+        self.add_section(
+            "Prompts",
+            Container(
+                widgets=[self.prompt_image_box, self.prompt_slices_edit, self.max_prompts_box]
+            ),
+        )
+        self.add_section(
+            "Options",
+            Container(
+                widgets=[
+                    self.overwrite_box,
+                    self.video_box,
+                    self.time_axis_box,
+                    self.uncertain_box,
+                    self.threshold_box,
+                ]
+            ),
+        )
+        self.add_section("Model", Container(widgets=self.model_picker.widgets), expanded=True)
+        self.finish_form()
+        self.task = BackgroundTask(notify_error=self._error)
+        self.set_bottom(self.task)
+        self._auto_prompt = True  # follow the SAM output until the user picks prompt labels
+        self.prompt_labels_box.native.activated.connect(self._prompt_picked)
         self._predictor: tuple[Any, Any] | None = None
         self._run: _Run | None = None
 
         self.run_button.changed.connect(self.run)
-        self.task.busy_changed.connect(lambda busy: setattr(self.run_button, "enabled", not busy))
+        self.task.busy_changed.connect(self._busy_changed)
         self.slices_box.changed.connect(self._update_enabled)
         self.uncertain_box.changed.connect(self._update_enabled)
         self.video_box.changed.connect(self._update_enabled)
         self.target_box.changed.connect(self._update_enabled)
         for event in ("inserted", "removed", "moved", "changed"):
             getattr(self.viewer.layers.events, event).connect(self._layers_changed)
-        self._update_enabled()
+        self.destroyed.connect(self._close)
+        self._layers_changed()
+
+    def _close(self, *_: Any) -> None:
+        for event in ("inserted", "removed", "moved", "changed"):
+            getattr(self.viewer.layers.events, event).disconnect(self._layers_changed)
+
+    def reset_choices(self, *_: Any) -> None:
+        """Re-read the viewer's layers into every layer box."""
+        for box in (
+            self.target_box,
+            self.prompt_image_box,
+            self.prompt_labels_box,
+            self.output_box,
+            self.time_axis_box,
+        ):
+            box.reset_choices()
+
+    def _busy_changed(self, busy: bool) -> None:
+        self.run_button.enabled = not busy
+        if busy:
+            self.status.value = "running…"  # a new run clears the previous run's message
+
+    def _prompt_picked(self, *_: Any) -> None:
+        self._auto_prompt = False
+
+    def use_prompt_labels(self, image: Image, labels: Labels) -> None:
+        """Segment ``image`` from ``labels`` (e.g. the SAM widget's output) into a new layer."""
+        self.reset_choices()
+        self.target_box.value = image
+        self.prompt_image_box.value = SAME_AS_TARGET
+        self.prompt_labels_box.value = labels
+        self.output_box.value = NEW_LAYER
+        self._auto_prompt = False
 
     # ------------------------------------------------------------------ form
 
@@ -253,7 +272,13 @@ class SegGptWidget(Container):
         return [(SAME_AS_TARGET, SAME_AS_TARGET), *self._image_choices()]
 
     def _labels_choices(self, _widget: Any = None) -> list[tuple[str, Labels]]:
-        return [(layer.name, layer) for layer in self.viewer.layers if isinstance(layer, Labels)]
+        layers = [
+            layer
+            for layer in self.viewer.layers
+            if isinstance(layer, Labels) and role_of(layer) != INTERNAL_ROLE
+        ]
+        layers.sort(key=lambda layer: role_of(layer) != SAM_OUTPUT_ROLE)  # SAM output first
+        return [(layer.name, layer) for layer in layers]
 
     def _output_choices(self, _widget: Any = None) -> list[tuple[str, Any]]:
         return [(NEW_LAYER, NEW_LAYER), *self._labels_choices()]
@@ -263,6 +288,12 @@ class SegGptWidget(Container):
 
     def _layers_changed(self, *_: Any) -> None:
         self.reset_choices()
+        if self._auto_prompt:
+            sam_outputs = [
+                layer for layer in self.viewer.layers if role_of(layer) == SAM_OUTPUT_ROLE
+            ]
+            if sam_outputs and self.prompt_labels_box.value is not sam_outputs[0]:
+                self.prompt_labels_box.value = sam_outputs[0]
         self._update_enabled()
 
     def _update_enabled(self, *_: Any) -> None:
@@ -323,7 +354,7 @@ class SegGptWidget(Container):
             prompt_image,
             output=output,
             slices=slices,
-            current_key=current_slice_key(target, self.viewer.dims.point),
+            current_key=layer_io.slice_key_at(target, self.viewer.dims.point),
             prompt_slices=parse_slice_list(self.prompt_slices_edit.value),
             settings=self.settings(),
         )
@@ -333,15 +364,15 @@ class SegGptWidget(Container):
     def run(self, *_: Any) -> None:
         """Validate, load the model (in the background, once) and segment the chosen slices."""
         if self.task.is_running:
-            show_warning(f"{self.task.description} is still running: wait or press Cancel")
+            self._warn(f"{self.task.description} is still running: wait or press Cancel")
             return
         try:
             plan = self.plan()
         except ValueError as exc:
-            show_error(f"SegGPT: {exc}")
+            self._error(f"SegGPT: {exc}")
             return
         if len(plan) == 0:
-            show_warning("SegGPT: nothing to segment: every chosen slice is a painted prompt slice")
+            self._warn("SegGPT: nothing to segment: every chosen slice is a painted prompt slice")
             return
         output = self.output_box.value
         prompt_labels = self.prompt_labels_box.value
@@ -359,7 +390,7 @@ class SegGptWidget(Container):
                 lambda model, _choice: self._when_idle(lambda: self._start(plan, run, model)),
             )
         except (ValueError, RuntimeError) as exc:
-            show_error(f"SegGPT: {exc}")
+            self._error(f"SegGPT: {exc}")
 
     def cancel(self) -> None:
         """Stop the running job; finished slices stay, the others are left as they were."""
@@ -391,12 +422,18 @@ class SegGptWidget(Container):
             segment_job,
             plan,
             self._predictor[1],
+            should_stop=lambda: self._output_removed(run),
             description="SegGPT",
             on_yielded=self._write,
             on_returned=self._finished,
+            on_error=self._failed,
             on_aborted=self._cancelled,
             on_finished=self._close_history,
         )
+
+    def _output_removed(self, run: _Run) -> bool:
+        """Whether the run's output layer was removed from the viewer (any thread)."""
+        return run.output is not None and run.output not in self.viewer.layers
 
     def _write(self, progress: SliceDone) -> None:
         run = self._run
@@ -404,20 +441,13 @@ class SegGptWidget(Container):
             return
         if run.output is None:
             run.output = self._new_output(run)
-        elif run.output not in self.viewer.layers:
-            if self.task.is_running:
-                self.task.cancel()
-                show_warning(f"SegGPT stopped: the output layer {run.output.name!r} was removed")
+        elif self._output_removed(run):
+            run.stopped = True
             return
+        edit = slice_edit(run.output, progress.key, progress.labels, overwrite=run.overwrite)
         if run.undoable and run.written == 0:
             run.history.enter_context(run.output.block_history())
-        write_slice(
-            run.output,
-            progress.key,
-            progress.labels,
-            overwrite=run.overwrite,
-            undoable=run.undoable,
-        )
+        layer_io.apply_edits(run.output, [edit], undoable=run.undoable, own_history_step=False)
         run.written += 1
         run.keys.append(progress.key)
 
@@ -437,11 +467,40 @@ class SegGptWidget(Container):
 
     def _finished(self, done: int) -> None:
         run = self._run
+        if run is not None and (run.stopped or self._output_removed(run)):
+            self._warn(
+                f"SegGPT stopped: the output layer {run.output.name!r} was removed; "
+                f"{run.written} slice(s) had been written into it"
+            )
+            return
         name = run.output.name if run is not None and run.output is not None else "?"
-        show_info(f"SegGPT segmented {done} slice(s) into {name!r}")
+        self._info(f"SegGPT segmented {done} slice(s) into {name!r}")
+
+    def _failed(self, exc: BaseException) -> None:
+        from napari_segany._napari._qt.background_task import describe_failure
+
+        written = self._run.written if self._run is not None else 0
+        self._error(
+            describe_failure("SegGPT", exc).replace(
+                "Nothing in your layers was changed",
+                f"{written} finished slice(s) were kept, the others left as they were",
+            )
+        )
 
     def _cancelled(self) -> None:
         written = self._run.written if self._run is not None else 0
-        show_info(
+        self._info(
             f"SegGPT cancelled: {written} finished slice(s) kept, the others left as they were"
         )
+
+    def _info(self, message: str) -> None:
+        self.status.value = message
+        show_info(message)
+
+    def _warn(self, message: str) -> None:
+        self.status.value = message
+        show_warning(message)
+
+    def _error(self, message: str) -> None:
+        self.status.value = message.splitlines()[0][:200]
+        show_error(message)

@@ -1,39 +1,19 @@
-"""Collapsible parameter sections of the Segment Anything widget (plain forms, no logic)."""
+"""Parameter sections of the Segment Anything widget (plain forms, no logic).
+
+Each is a magicgui form the widget mounts in a collapsed section
+(:meth:`~napari_segany._napari._qt.dock_form.DockForm.add_section`).
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
 from magicgui.widgets import CheckBox, ComboBox, Container, FloatSpinBox, LineEdit, SpinBox
-from superqt import QCollapsible
+
+from napari_segany.sam.propagation import PropagationSettings
 
 WHOLE_STACK = "whole stack"
 CURRENT_SLICE = "current slice"
-
-
-@dataclass(frozen=True)
-class PropagationSettings:
-    """Options of *Propagate through stack* (see ``propagate_through_stack``).
-
-    ``axis`` is the stack axis to walk along, counted among the image's leading (non-plane) axes:
-    for a T×Z×Y×X image 0 is T and 1 is Z; ``None`` means the last one (Z).
-    """
-
-    direction: str = "both"
-    min_score: float = 0.5
-    min_area: int = 10
-    use_mask_prompt: bool = False
-    axis: int | None = None
-
-    def as_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments for ``propagate_through_stack`` (``axis`` picks the slices instead)."""
-        return {
-            "direction": self.direction,
-            "min_score": self.min_score,
-            "min_area": self.min_area,
-            "use_mask_prompt": self.use_mask_prompt,
-        }
 
 
 class EverythingSection(Container):
@@ -153,22 +133,14 @@ class AdvancedSection(Container):
         """The propagation settings shown."""
         axis = self.axis.value
         return PropagationSettings(
-            str(self.direction.value),
-            float(self.min_score.value),
-            int(self.min_area.value),
-            bool(self.use_mask_prompt.value),
-            None if axis is None else int(axis),
+            direction=str(self.direction.value),
+            min_score=float(self.min_score.value),
+            min_area=int(self.min_area.value),
+            use_mask_prompt=bool(self.use_mask_prompt.value),
+            axis=None if axis is None else int(axis),
         )
 
 
 def stack_axis_choices(stack_shape: tuple[int, ...]) -> list[tuple[str, int]]:
     """ComboBox choices ``("axis i (n slices)", i)`` for the leading axes of an image."""
     return [(f"axis {i} ({n} slices)", i) for i, n in enumerate(stack_shape)]
-
-
-def collapsible(title: str, content: Container) -> QCollapsible:
-    """A collapsed Qt section holding a magicgui form."""
-    section = QCollapsible(title)
-    section.addWidget(content.native)
-    section.collapse(animate=False)
-    return section

@@ -1,6 +1,7 @@
 """Choosing, loading and caching a model: registry name or custom path, device and precision.
 
-:class:`ModelPicker` is a small magicgui form shared by the SAM and SegGPT widgets:
+:class:`ModelPicker` is a group of magicgui rows shared by the SAM and SegGPT widgets (the rows go
+into the widget's own form, so their labels line up with the other rows):
 
 - *model*: the registry names of one model family, plus ``"custom path…"``;
 - *path*: a model folder (Hugging Face layout) or a checkpoint file (``.pth``, ``.safetensors``),
@@ -9,7 +10,7 @@
 - *precision*: ``auto``, ``fp32``, ``bf16``, ``fp16``.
 
 :meth:`ModelPicker.request_model` loads the chosen model in the background (through a
-:class:`~napari_segany._napari.background_task.BackgroundTask`) and keeps it in a small cache keyed
+:class:`~napari_segany._napari._qt.background_task.BackgroundTask`) and keeps it in a small cache keyed
 by ``(source, device, precision)``, so switching back and forth does not reload weights. The cache
 belongs to the picker (and so to the widget that owns it), never to the module.
 """
@@ -21,9 +22,10 @@ from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from magicgui.widgets import ComboBox, Container, LineEdit, PushButton
+from magicgui.widgets import ComboBox, Container, LineEdit, PushButton, Widget
+from psygnal import Signal
 
-from napari_segany._napari.background_task import BackgroundTask
+from napari_segany._napari._qt.background_task import BackgroundTask
 
 CUSTOM_PATH = "custom path…"
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -98,8 +100,11 @@ def load_model_job(
     return model
 
 
-class ModelPicker(Container):
-    """Model / path / device / precision form with a background loader and a model cache.
+class ModelPicker:
+    """Model / path / device / precision rows with a background loader and a model cache.
+
+    Not a container: the owning widget puts :attr:`widgets` into its own form. :attr:`changed`
+    is emitted when any of the rows changes.
 
     Parameters
     ----------
@@ -113,6 +118,8 @@ class ModelPicker(Container):
     max_models
         Bound of the loaded-model cache.
     """
+
+    changed = Signal(object)
 
     def __init__(
         self,
@@ -159,7 +166,14 @@ class ModelPicker(Container):
             value="auto",
             tooltip="auto: bf16 where the hardware computes it natively, else fp32 (fp16 on MPS)",
         )
-        super().__init__(widgets=[self.model_box, path_row, self.device_box, self.precision_box])
+        self.widgets: list[Widget] = [
+            self.model_box,
+            path_row,
+            self.device_box,
+            self.precision_box,
+        ]
+        for box in (self.model_box, self.path_edit, self.device_box, self.precision_box):
+            box.changed.connect(lambda *_: self.changed.emit(self.choice))
         self.model_box.changed.connect(self._update_path_enabled)
         self.file_button.changed.connect(self._browse_file)
         self.folder_button.changed.connect(self._browse_folder)
@@ -238,7 +252,10 @@ class ModelPicker(Container):
         from qtpy.QtWidgets import QFileDialog
 
         path, _filter = QFileDialog.getOpenFileName(
-            self.native, "Model checkpoint", "", "Checkpoints (*.pth *.pt *.bin *.safetensors)"
+            self.model_box.native,
+            "Model checkpoint",
+            "",
+            "Checkpoints (*.pth *.pt *.bin *.safetensors)",
         )
         if path:
             self.set_custom_path(path)
@@ -246,6 +263,6 @@ class ModelPicker(Container):
     def _browse_folder(self, *_: Any) -> None:
         from qtpy.QtWidgets import QFileDialog
 
-        path = QFileDialog.getExistingDirectory(self.native, "Model folder")
+        path = QFileDialog.getExistingDirectory(self.model_box.native, "Model folder")
         if path:
             self.set_custom_path(path)
