@@ -133,3 +133,34 @@ def test_saved_models_are_listed(decoder_run, tmp_path, monkeypatch):
     assert [m.name for m in listed] == ["nuclei-v1"]
     assert listed[0].mode == "decoder" and listed[0].improved is True
     assert listed[0].path == tmp_path / "nuclei-v1"
+
+
+def test_batch_command_line_uses_a_finetuned_folder(saved_folder, decoder_run, tmp_path):
+    import tifffile
+
+    from napari_segany.cli import main
+    from napari_segany.jobs import run_to_completion
+    from napari_segany.sam.automatic import segment_everything
+    from tests.cli.batch_data import EVERYTHING_FAST
+
+    _, result = decoder_run
+    image, _ = bright_disks(40)
+    image = np.clip(image, 0, 255).astype(np.uint8)
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    tifffile.imwrite(inputs / "disks.tif", image)
+    out = tmp_path / "out"
+    args = ["everything", str(inputs), "-o", str(out), "--model", str(saved_folder)]
+    assert main(args + EVERYTHING_FAST) == 0
+    labels = tifffile.imread(out / "disks_labels.tif")
+    expected = run_to_completion(
+        segment_everything(
+            SamPredictor(result.model),
+            image,
+            points_per_side=6,
+            pred_iou_thresh=0.0,
+            stability_score_thresh=0.0,
+        )
+    ).labels
+    assert labels.max() > 0
+    np.testing.assert_array_equal(labels, expected)
