@@ -168,9 +168,11 @@ def test_encoder_block_matches_official_block(grid, window):
         torch.testing.assert_close(ours(x), official(x), atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("grid", [(33, 33), (32, 40), (5, 7)])
+@pytest.mark.parametrize("grid", [(33, 33), (32, 40), (5, 7), (17, 64)])
 def test_cpu_attention_matches_masked_sdpa(grid):
-    """Both CPU paths (query-row chunks for >= 1024 tokens, folded bias for windows) are exact."""
+    """Every CPU path is exact: query-row chunks for >= 1024 tokens with the bias folded into the
+    product (narrow grids) or broadcast before it (width >= CPU_BROADCAST_MIN_WIDTH, (17, 64)),
+    one folded batched product for windows."""
     from napari_segany.models.relative_position import decomposed_rel_pos_terms
     from napari_segany.models.sam.rel_pos_attention import (
         CPU_CHUNKED_MIN_TOKENS,

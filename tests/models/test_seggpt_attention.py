@@ -37,3 +37,33 @@ def test_attention_matches_naive_reference(table_grid, query_rows):
     if query_rows is not None:
         expected = expected[:, query_rows]
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("query_rows", [None, slice(13, 40), slice(39, 40)])
+def test_cpu_chunked_attention_matches_sdpa_path(query_rows):
+    """Over 1024 tokens the CPU path works in query chunks (row-major keys); the SDPA path used
+    on accelerators (column-major keys, full bias) must give the same result."""
+    from napari_segany.models.relative_position import CPU_CHUNKED_MIN_TOKENS
+
+    torch.manual_seed(1)
+    rows, cols = 40, 26
+    assert rows * cols >= CPU_CHUNKED_MIN_TOKENS
+    module = SegGptAttention(hidden_size=16, num_heads=2, grid_size=(30, 20))
+    with torch.no_grad():
+        for param in module.parameters():
+            param.normal_(0, 0.5)
+    hidden = torch.randn(2, rows, cols, 16)
+    with torch.no_grad():
+        qkv = module.project_qkv(hidden)
+        split = qkv.reshape(2, rows, cols, 3, 2, 8)
+        query = split[:, :, :, 0].permute(0, 3, 1, 2, 4)
+        first = 0 if query_rows is None else query_rows.start
+        query = (query if query_rows is None else query[:, :, query_rows]).contiguous()
+        cpu = module._attend_cpu(split, query, first)
+        sdpa = module._attend_sdpa(split, query, first)
+        expected = naive_attention(module, hidden)
+    torch.testing.assert_close(cpu, sdpa, atol=1e-5, rtol=1e-5)
+    got = module.proj(cpu)
+    torch.testing.assert_close(
+        got, expected if query_rows is None else expected[:, query_rows], atol=1e-5, rtol=1e-5
+    )

@@ -19,11 +19,22 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..fused_linear import linear_then_bias, residual_plus_linear
-from ..relative_position import decomposed_rel_pos_terms
+from ..relative_position import (
+    CPU_CHUNKED_MIN_TOKENS,
+    CPU_QUERY_ROWS,
+    decomposed_rel_pos_terms,
+    grid_indicator,
+    rel_pos_attention_cpu,
+)
 
-# Above this many tokens (global attention), the CPU path works in query-row chunks of one head.
-CPU_CHUNKED_MIN_TOKENS = 1024
-CPU_QUERY_ROWS = 512
+__all__ = [
+    "CPU_CHUNKED_MIN_TOKENS",
+    "CPU_QUERY_ROWS",
+    "RelPosAttention",
+    "grid_indicator",
+    "rel_pos_attention_cpu",
+    "rel_pos_attention_sdpa",
+]
 
 
 class RelPosAttention(nn.Module):
@@ -131,70 +142,3 @@ def rel_pos_attention_sdpa(
     bias = (rel_h[:, :, :, None] + rel_w[:, :, None, :]).reshape(1, -1, tokens, tokens)
     # 4D (1, BH, N, d) inputs: the layout the fused CUDA kernels with a float mask expect.
     return F.scaled_dot_product_attention(q[None], k[None], v[None], attn_mask=bias)[0]
-
-
-def rel_pos_attention_cpu(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    rel_h: torch.Tensor,
-    rel_w: torch.Tensor,
-    grid: tuple[int, int],
-) -> torch.Tensor:
-    """``softmax(q k^T / sqrt(d) + rel_h[..., :, None] + rel_w[..., None, :]) v`` with matrix products.
-
-    Parameters
-    ----------
-    q, k, v
-        (BH, N, d) queries, keys and values of N = H * W tokens.
-    rel_h, rel_w
-        (BH, N, H) and (BH, N, W) bias factors (:func:`decomposed_rel_pos_terms`).
-    grid
-        (H, W) token grid.
-
-    Returns
-    -------
-    torch.Tensor
-        (BH, N, d).
-    """
-    height, width = grid
-    bh, tokens, dim = q.shape
-    q = q * dim**-0.5
-    if tokens < CPU_CHUNKED_MIN_TOKENS:
-        # Windows: the bias enters the product itself. Appending rel_h, rel_w to each query and
-        # the one-hot row and column of each key gives q.k + rel_h[row(k)] + rel_w[col(k)].
-        indicator = grid_indicator(height, width, dtype=q.dtype, device=q.device)
-        q_aug = torch.cat([q, rel_h, rel_w], dim=-1)
-        k_aug = torch.cat([k, indicator.expand(bh, -1, -1)], dim=-1)
-        logits = torch.bmm(q_aug, k_aug.transpose(1, 2))
-        return torch.bmm(torch.softmax(logits, dim=-1), v)
-    out = torch.empty_like(q)
-    keys_t = k.transpose(1, 2)
-    # One (rows, N) logits buffer: first the broadcast bias is written into it, then the product
-    # is accumulated onto it (addmm_, beta = 1), which is one pass less than adding the two bias
-    # factors to the product afterwards.
-    chunk = min(CPU_QUERY_ROWS, tokens)
-    buffer = q.new_empty(chunk, tokens)
-    for head in range(bh):
-        for start in range(0, tokens, chunk):
-            rows = slice(start, start + chunk)
-            logits = buffer[: min(chunk, tokens - start)]
-            torch.add(
-                rel_h[head, rows, :, None],
-                rel_w[head, rows, None, :],
-                out=logits.view(-1, height, width),
-            )
-            logits.addmm_(q[head, rows], keys_t[head])
-            torch.mm(torch.softmax(logits, dim=-1), v[head], out=out[head, rows])
-    return out
-
-
-def grid_indicator(
-    height: int, width: int, *, dtype: torch.dtype, device: torch.device
-) -> torch.Tensor:
-    """(H * W, H + W) one-hot rows and columns of the tokens of a row-major (H, W) grid."""
-    index = torch.arange(height * width, device=device)
-    indicator = torch.zeros(height * width, height + width, dtype=dtype, device=device)
-    indicator[index, index // width] = 1
-    indicator[index, height + index % width] = 1
-    return indicator

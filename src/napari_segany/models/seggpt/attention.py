@@ -1,10 +1,17 @@
-"""Global multi-head self-attention with decomposed relative position bias, through SDPA."""
+"""Global multi-head self-attention with decomposed relative position bias.
+
+On the CPU through :func:`~napari_segany.models.relative_position.rel_pos_attention_cpu` (query
+chunks, the bias never built in full); elsewhere through ``scaled_dot_product_attention`` with
+the bias as an additive mask (fused kernels).
+"""
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from ..relative_position import rel_pos_attention_cpu
 
 
 def linear_inplace_bias(inputs: torch.Tensor, layer: nn.Linear) -> torch.Tensor:
@@ -102,14 +109,23 @@ class SegGptAttention(nn.Module):
         torch.Tensor
             (B, q_rows, cols, C) heads concatenated, not yet projected.
         """
-        batch, rows, cols, channels3 = qkv.shape
-        heads, dim = self.num_heads, self.head_dim
-        qkv = qkv.reshape(batch, rows, cols, 3, heads, dim)
+        batch, rows, cols, _ = qkv.shape
+        qkv = qkv.reshape(batch, rows, cols, 3, self.num_heads, self.head_dim)
         query = qkv[:, :, :, 0].permute(0, 3, 1, 2, 4)  # (B, heads, rows, cols, dim)
         if query_rows is not None:
             query = query[:, :, query_rows]
         query = query.contiguous()
         first_row = 0 if query_rows is None else range(rows)[query_rows][0]
+        if qkv.device.type == "cpu" and self.use_relative_position:
+            return self._attend_cpu(qkv, query, first_row)
+        return self._attend_sdpa(qkv, query, first_row)
+
+    def _attend_sdpa(self, qkv: torch.Tensor, query: torch.Tensor, first_row: int) -> torch.Tensor:
+        """:meth:`attend` through ``scaled_dot_product_attention`` with the bias as a mask.
+
+        Arguments as in :meth:`_attend_cpu`.
+        """
+        batch, rows, cols, _, heads, dim = qkv.shape
         q_rows = query.shape[2]
         # Keys and values column-major: key index = col * rows + row.
         key = qkv[:, :, :, 1].permute(0, 3, 2, 1, 4).reshape(batch, heads, cols * rows, dim)
@@ -119,7 +135,32 @@ class SegGptAttention(nn.Module):
             bias = self._relative_bias(query, rows, cols, first_row)
         query = query.reshape(batch, heads, q_rows * cols, dim)
         out = F.scaled_dot_product_attention(query, key, value, attn_mask=bias)
-        return out.transpose(1, 2).reshape(batch, q_rows, cols, channels3 // 3)
+        return out.transpose(1, 2).reshape(batch, q_rows, cols, heads * dim)
+
+    def _attend_cpu(self, qkv: torch.Tensor, query: torch.Tensor, first_row: int) -> torch.Tensor:
+        """:meth:`attend` on the CPU: row-major keys, the bias applied chunk by chunk.
+
+        ``qkv`` is (B, rows, cols, 3, heads, dim), ``query`` (B, heads, q_rows, cols, dim)
+        contiguous, its rows starting at grid row ``first_row``.
+        """
+        batch, rows, cols, _, heads, dim = qkv.shape
+        q_rows = query.shape[2]
+        flat = query.reshape(-1, dim)
+        grid = (batch, heads, q_rows, cols)
+        rel_h = _offset_products(flat, self.rel_pos_h, rows, grid, 2, first_row)
+        rel_w = _offset_products(flat, self.rel_pos_w, cols, grid, 3, 0)
+        key = qkv[:, :, :, 1].permute(0, 3, 1, 2, 4).reshape(batch * heads, rows * cols, dim)
+        value = qkv[:, :, :, 2].permute(0, 3, 1, 2, 4).reshape(batch * heads, rows * cols, dim)
+        out = rel_pos_attention_cpu(
+            query.view(batch * heads, q_rows * cols, dim),
+            key,
+            value,
+            rel_h.reshape(batch * heads, q_rows * cols, rows),
+            rel_w.reshape(batch * heads, q_rows * cols, cols),
+            (rows, cols),
+        )
+        out = out.view(batch, heads, q_rows, cols, dim).permute(0, 2, 3, 1, 4)
+        return out.reshape(batch, q_rows, cols, heads * dim)
 
     def _relative_bias(
         self, query: torch.Tensor, rows: int, cols: int, first_row: int
