@@ -14,6 +14,7 @@ from napari_segany.sam.automatic import SamAutomaticMaskGenerator, segment_every
 from napari_segany.sam.mask_records import MaskCandidates, records_to_label_image
 from napari_segany.sam.tiling import merge_across_tiles
 from tests.fixtures_sam import build_official_tiny_sam, import_segment_anything
+from tests.sam.official_adapters import OfficialSamAdapter
 
 RECORD_KEYS = ("area", "bbox", "predicted_iou", "point_coords", "stability_score", "crop_box")
 
@@ -155,7 +156,7 @@ def assert_same_records(ours, theirs):
 def test_same_masks_as_official_generator(official, disc_sam, options):
     image = _image()
     theirs = official.SamAutomaticMaskGenerator(disc_sam, **options).generate(image)
-    ours = SamAutomaticMaskGenerator(disc_sam, **options).generate(image)
+    ours = SamAutomaticMaskGenerator(OfficialSamAdapter(disc_sam), **options).generate(image)
     assert len(theirs) >= 10  # the comparison is not trivial
     assert len({tuple(r["bbox"]) for r in theirs}) >= 10
     assert_same_records(ours, theirs)
@@ -165,7 +166,7 @@ def test_uncompressed_rle_output_equals_official(official, disc_sam):
     image = _image((70, 90), seed=4)
     options = {"points_per_side": 8, "output_mode": "uncompressed_rle"}
     theirs = official.SamAutomaticMaskGenerator(disc_sam, **options).generate(image)
-    ours = SamAutomaticMaskGenerator(disc_sam, **options).generate(image)
+    ours = SamAutomaticMaskGenerator(OfficialSamAdapter(disc_sam), **options).generate(image)
     assert len(theirs) >= 3
     assert [r["segmentation"] for r in ours] == [r["segmentation"] for r in theirs]
 
@@ -173,7 +174,7 @@ def test_uncompressed_rle_output_equals_official(official, disc_sam):
 def test_chunked_upscaling_and_official_predictor_input(official, disc_sam):
     image = _image((80, 80), seed=3)
     theirs = official.SamAutomaticMaskGenerator(disc_sam, points_per_side=10).generate(image)
-    predictor = official.SamPredictor(disc_sam)
+    predictor = OfficialSamAdapter(official.SamPredictor(disc_sam))
     ours = SamAutomaticMaskGenerator(predictor, points_per_side=10, upscale_chunk_bytes=1).generate(
         image
     )
@@ -214,11 +215,15 @@ def drain(generator):
 
 def test_segment_everything_reports_progress_and_labels(disc_sam):
     image = _image()
-    steps, result = drain(segment_everything(disc_sam, image, points_per_side=12))
+    steps, result = drain(
+        segment_everything(OfficialSamAdapter(disc_sam), image, points_per_side=12)
+    )
     assert steps[-1][0] == steps[-1][1] == 1 + 3  # one embedding + 144 points in 3 batches
     assert [d for d, _ in steps] == list(range(1, len(steps) + 1))
     assert result.labels.dtype == np.int32 and result.labels.shape == image.shape[:2]
-    records = SamAutomaticMaskGenerator(disc_sam, points_per_side=12).generate(image)
+    records = SamAutomaticMaskGenerator(OfficialSamAdapter(disc_sam), points_per_side=12).generate(
+        image
+    )
     np.testing.assert_array_equal(result.labels, records_to_label_image(records, image.shape[:2]))
     assert result.labels.max() == len(result.records) >= 5
     for record in result.records:
@@ -230,7 +235,11 @@ def test_segment_everything_reports_progress_and_labels(disc_sam):
 
 def test_segment_everything_rejects_stacks(disc_sam):
     with pytest.raises(ValueError, match="2D"):
-        drain(segment_everything(disc_sam, np.zeros((3, 40, 40, 3), dtype=np.uint8)))
+        drain(
+            segment_everything(
+                OfficialSamAdapter(disc_sam), np.zeros((3, 40, 40, 3), dtype=np.uint8)
+            )
+        )
 
 
 # -- a predictor that returns each connected bright object under the point -------------------------
@@ -382,9 +391,9 @@ def test_predictor_embedding_is_reused_and_restored():
 
 def test_invalid_options(disc_sam):
     with pytest.raises(ValueError, match="exactly one"):
-        SamAutomaticMaskGenerator(disc_sam, points_per_side=None)
+        SamAutomaticMaskGenerator(OfficialSamAdapter(disc_sam), points_per_side=None)
     with pytest.raises(ValueError, match="tile_size"):
-        SamAutomaticMaskGenerator(disc_sam, tile_size=100, tile_overlap=100)
+        SamAutomaticMaskGenerator(OfficialSamAdapter(disc_sam), tile_size=100, tile_overlap=100)
 
 
 def test_tiled_run_with_this_packages_tiny_model(tiny_sam_model):

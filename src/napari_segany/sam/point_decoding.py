@@ -17,14 +17,16 @@ from napari_segany.sam.mask_records import MaskCandidates, crop_to_boxes, stabil
 
 
 class PointPromptDecoder:
-    """Wraps a SAM predictor (ours or the official one) for batched point-grid decoding.
+    """Wraps a SAM predictor for batched point-grid decoding.
 
     Parameters
     ----------
     model
-        A ``SamPredictor`` (anything with ``set_image`` and ``predict_torch``) or a SAM model,
-        which is wrapped in the matching predictor (``napari_segany.sam.SamPredictor`` or, for a
-        model of the official package, ``segment_anything.SamPredictor``).
+        A :class:`napari_segany.sam.SamPredictor` (or anything with its ``set_image``,
+        ``apply_coords``, ``get_image_embedding``, ``postprocess_masks`` and a ``model.decode``;
+        a predictor with only ``predict_torch`` also works, upscaling every candidate), or a SAM
+        model of this package, which is wrapped in a ``SamPredictor``. (Tests drive the official
+        ``segment_anything`` predictor through an adapter with this interface.)
     """
 
     def __init__(self, model: Any) -> None:
@@ -137,14 +139,10 @@ class PointPromptDecoder:
 
     def _to_input_frame(self, points: np.ndarray, original_size: tuple[int, int]) -> torch.Tensor:
         predictor = self.predictor
-        apply_coords = getattr(predictor, "apply_coords", None)
-        if apply_coords is None:  # the official predictor keeps it on its transform
-            apply_coords = predictor.transform.apply_coords
-        transformed = apply_coords(points, original_size)
+        transformed = predictor.apply_coords(points, original_size)
         device = getattr(predictor, "device", None) or predictor.model.device
-        # The official decoder gets float64 points, as from its own generator; ours float32
-        # (MPS has no float64).
-        dtype = torch.float32 if hasattr(predictor.model, "decode") else None
+        # float32 (MPS has no float64); a predictor may ask for another dtype (None: keep it).
+        dtype = getattr(predictor, "coords_dtype", torch.float32)
         return torch.as_tensor(transformed, dtype=dtype, device=device)
 
     def _decode(
@@ -161,16 +159,6 @@ class PointPromptDecoder:
                 ),
                 None,
             )
-        if hasattr(model, "prompt_encoder") and hasattr(model, "mask_decoder"):
-            sparse, dense = model.prompt_encoder(points=(coords, labels), boxes=None, masks=None)
-            low_res, iou = model.mask_decoder(
-                image_embeddings=predictor.get_image_embedding(),
-                image_pe=model.prompt_encoder.get_dense_pe(),
-                sparse_prompt_embeddings=sparse,
-                dense_prompt_embeddings=dense,
-                multimask_output=True,
-            )
-            return low_res, iou, None
         full_res, iou, _ = predictor.predict_torch(
             coords, labels, multimask_output=True, return_logits=True
         )
@@ -178,14 +166,8 @@ class PointPromptDecoder:
 
     def _upscale(self, low_res: torch.Tensor, original_size: tuple[int, int]) -> torch.Tensor:
         """(K, L, L) low-res logits -> (K, H, W) logits at the original size, exactly as the
-        predictor upscales them (ours: ``SamPredictor.postprocess_masks``; the official one:
-        ``Sam.postprocess_masks``)."""
-        predictor = self.predictor
-        if hasattr(predictor, "postprocess_masks"):
-            return predictor.postprocess_masks(low_res[:, None])[:, 0]
-        return predictor.model.postprocess_masks(
-            low_res[:, None], predictor.input_size, original_size
-        )[:, 0]
+        predictor upscales them (``SamPredictor.postprocess_masks``)."""
+        return self.predictor.postprocess_masks(low_res[:, None])[:, 0]
 
 
 def _model_image_size(predictor: Any) -> int:
@@ -201,10 +183,6 @@ def _model_image_size(predictor: Any) -> int:
 def _as_predictor(model: Any) -> Any:
     if hasattr(model, "set_image") and hasattr(model, "predict_torch"):
         return model
-    if type(model).__module__.startswith("segment_anything"):
-        from segment_anything import SamPredictor as OfficialSamPredictor
-
-        return OfficialSamPredictor(model)
-    from napari_segany.sam import SamPredictor
+    from napari_segany.sam.predictor import SamPredictor
 
     return SamPredictor(model)
