@@ -288,7 +288,7 @@ def plane_edit(
         box = bounding_box(region)
     if box is None:
         return None
-    existing = np.asarray(labels_data[key + box])
+    existing = np.array(labels_data[key + box], copy=True)  # a view would change with the write
     if region is None:
         crop = np.asarray(predicted)[box]
     elif np.ndim(predicted) == 0:
@@ -302,8 +302,12 @@ def plane_edit(
     return PlaneEdit(key, int(box[0].start or 0), int(box[1].start or 0), merged, changed, existing)
 
 
-def edits_fit_undo(edits: Sequence[PlaneEdit], budget: int = UNDO_PIXEL_BUDGET) -> bool:
-    """Whether napari's undo may record ``edits`` (at most ``budget`` changed pixels in all)."""
+def edits_fit_undo(edits: Sequence[PlaneEdit], budget: int | None = None) -> bool:
+    """Whether napari's undo may record ``edits`` (at most ``budget`` changed pixels in all).
+
+    ``budget`` defaults to :data:`UNDO_PIXEL_BUDGET`.
+    """
+    budget = UNDO_PIXEL_BUDGET if budget is None else budget
     return sum(e.n_changed for e in edits) <= budget
 
 
