@@ -71,6 +71,9 @@ class SamWidget(SamForm):
         self._closed = False
         self._connect()
         self._image_changed()
+        from napari_segany._napari._qt.text_prompt_section import mount_text_prompt_section
+
+        self.text_prompt = mount_text_prompt_section(self)  # Grounded SAM (issue 10)
 
     def _connect(self) -> None:
         self.toggle_button.changed.connect(self.toggle_point_kind)
