@@ -13,16 +13,6 @@ TRANSLATE = (7.0, 2.0, -4.0)
 WAIT_MS = 60_000
 
 
-@pytest.fixture
-def notifications():
-    from napari.utils.notifications import notification_manager
-
-    seen = []
-    notification_manager.notification_ready.connect(seen.append)
-    yield seen
-    notification_manager.notification_ready.disconnect(seen.append)
-
-
 def errors(seen):
     return [str(n.message) for n in seen if str(n.severity).lower().endswith("error")]
 

@@ -16,7 +16,6 @@ from tests.napari.test_sam_widget import (
     add_point,
     errors,
     make_stack,
-    notifications,  # noqa: F401  (fixture)
     open_widget,
     show_slice,
     wait_for_preview,
@@ -55,7 +54,7 @@ def test_label_to_propagate_is_the_last_commit_and_is_dropped_after_undo(
     make_napari_viewer,
     qtbot,
     tiny_sam_hf_folder,
-    notifications,  # noqa: F811
+    notifications,
 ):
     viewer = make_napari_viewer()
     image, labels = make_stack(viewer)
@@ -114,7 +113,7 @@ def test_cancelled_embedding_says_cancelled_and_a_new_run_clears_the_error(
     make_napari_viewer,
     qtbot,
     tiny_sam_hf_folder,
-    notifications,  # noqa: F811
+    notifications,
 ):
     viewer = make_napari_viewer()
     image, _ = make_stack(viewer)
@@ -171,7 +170,7 @@ def test_failed_embedding_is_not_retried_until_the_user_changes_something(
     make_napari_viewer,
     qtbot,
     tiny_sam_hf_folder,
-    notifications,  # noqa: F811
+    notifications,
 ):
     viewer = make_napari_viewer()
     image, _ = make_stack(viewer)
@@ -366,7 +365,7 @@ def test_model_not_downloaded_offline_is_said_in_a_short_first_line(
     make_napari_viewer,
     qtbot,
     notifications,
-    monkeypatch,  # noqa: F811
+    monkeypatch,
 ):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     viewer = make_napari_viewer()
