@@ -50,3 +50,35 @@ def test_two_workers_give_the_single_process_labels(
     assert [r["objects"] for r in record["inputs"]] == [
         r["objects"] for r in single_record["inputs"]
     ]
+
+
+@pytest.mark.slow
+def test_an_existing_scheduler_is_used_and_left_running(tiny_sam_hf_folder, image_folder, tmp_path):
+    import tifffile
+    import torch
+    from distributed import Client, LocalCluster
+
+    threads = torch.get_num_threads()
+    common = ["--model", str(tiny_sam_hf_folder)] + EVERYTHING_FAST
+    single = tmp_path / "single"
+    assert main(["everything", str(image_folder / "a.png"), "-o", str(single)] + common) == 0
+    out = tmp_path / "out"
+    try:
+        with LocalCluster(
+            n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None
+        ) as cluster:
+            code = main(
+                ["everything", str(image_folder / "a.png"), "-o", str(out)]
+                + ["--scheduler", cluster.scheduler_address]
+                + common
+            )
+            assert code == 0
+            with Client(cluster) as client:  # still up after the command closed its client
+                assert len(client.scheduler_info()["workers"]) == 1
+    finally:
+        torch.set_num_threads(threads)  # the in-process worker's plugin set it to 1
+    record = json.loads((out / "napari-segany-run.json").read_text())
+    assert record["execution"]["scheduler"] == cluster.scheduler_address
+    np.testing.assert_array_equal(
+        tifffile.imread(out / "a_labels.tif"), tifffile.imread(single / "a_labels.tif")
+    )
