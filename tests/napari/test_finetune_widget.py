@@ -27,7 +27,7 @@ def _use_tiny_model(picker, folder):
 
 
 def test_train_stop_keep_best_and_use_in_the_sam_widget(
-    make_napari_viewer, qtbot, tiny_sam_hf_folder, tmp_path
+    make_napari_viewer, qtbot, tiny_sam_hf_folder, tmp_path, monkeypatch
 ):
     viewer = make_napari_viewer()
     images, labels = _stack()
@@ -74,6 +74,15 @@ def test_train_stop_keep_best_and_use_in_the_sam_widget(
     widget.use_model()
     assert sam.model_picker.choice.source == str(folder)
     assert str(folder) in widget.status.value
+    # The base model stays loaded for the next run.
+    assert widget.model_picker.cached_model() is result.base_model
+
+    # Saved models are listed in a new SAM widget's model box.
+    monkeypatch.setenv("NAPARI_SEGANY_FINETUNED_DIR", str(tmp_path))
+    fresh = SamWidget(viewer)
+    assert str(folder) in fresh.model_picker.model_box.choices
+    fresh.use_model_source(str(folder))
+    assert fresh.model_picker.model_box.value == str(folder)
 
 
 def test_a_2d_image_trains_and_the_cancel_button_discards_the_run(

@@ -31,3 +31,11 @@ def test_package_import_is_cheap():
 )
 def test_training_modules_pull_no_gui(statement):
     assert not GUI_MODULES & _modules_after(statement)
+
+
+def test_listing_saved_models_imports_no_torch():
+    loaded = _modules_after(
+        "from napari_segany.training.model_library import list_finetuned_models; "
+        "list_finetuned_models('/nonexistent')"
+    )
+    assert "torch" not in loaded

@@ -57,7 +57,7 @@ _LAZY = {
     "list_finetuned_models": "napari_segany.training.model_library",
     "BaseModelMismatchError": "napari_segany.training.saved_model",
     "export_merged_checkpoint": "napari_segany.training.saved_model",
-    "is_finetuned_folder": "napari_segany.training.saved_model",
+    "is_finetuned_folder": "napari_segany.training.sidecar",
     "load_finetuned_sam": "napari_segany.training.saved_model",
     "separate_held_out": "napari_segany.training.tiles",
 }

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from napari_segany.training.saved_model import SIDECAR_NAME, read_sidecar
+from napari_segany.training.sidecar import SIDECAR_NAME, read_sidecar
 
 __all__ = [
     "FinetunedModelInfo",

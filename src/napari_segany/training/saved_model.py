@@ -29,6 +29,13 @@ import torch
 from torch import nn
 
 from napari_segany.checkpoints import CheckpointError
+from napari_segany.training.sidecar import (
+    FORMAT,
+    FORMAT_VERSION,
+    SIDECAR_NAME,
+    is_finetuned_folder,
+    read_sidecar,
+)
 
 __all__ = [
     "SIDECAR_NAME",
@@ -43,10 +50,7 @@ __all__ = [
     "save_finetuned",
 ]
 
-SIDECAR_NAME = "napari_segany_finetune.json"
 WEIGHTS_NAME = "finetuned.safetensors"
-FORMAT = "napari-segany-finetuned-sam"
-FORMAT_VERSION = 1
 DECODER_PREFIX = "mask_decoder."
 LORA_PREFIX = "lora.blocks."
 
@@ -190,29 +194,6 @@ def _jsonable(value: Any) -> Any:
     if hasattr(value, "item"):
         return value.item()
     return str(value)
-
-
-def is_finetuned_folder(path: str | os.PathLike) -> bool:
-    """Whether ``path`` is a folder written by :func:`save_finetuned`."""
-    return (Path(path).expanduser() / SIDECAR_NAME).is_file()
-
-
-def read_sidecar(folder: str | os.PathLike) -> dict[str, Any]:
-    """The JSON sidecar of a fine-tuned model folder (checked to be one)."""
-    path = Path(folder).expanduser() / SIDECAR_NAME
-    try:
-        document = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise CheckpointError(
-            f"cannot read the fine-tuned model description {path}: {exc}"
-        ) from exc
-    if not isinstance(document, dict) or document.get("format") != FORMAT:
-        raise CheckpointError(f"{path} is not a napari-segany fine-tuned SAM description")
-    if int(document.get("format_version", 0)) > FORMAT_VERSION:
-        raise CheckpointError(
-            f"{path} was written by a newer napari-segany (format {document['format_version']})"
-        )
-    return document
 
 
 def load_finetuned_sam(

@@ -35,10 +35,11 @@ def load_sam_model(source: str, device: str, precision: str) -> Any:
 
 
 def sam_model_names() -> list[str]:
-    """Registry names offered in the model box."""
+    """Registry names offered in the model box, then the user's saved fine-tuned models (folders)."""
     from napari_segany.sam.registry import SAM_MODELS
+    from napari_segany.training.model_library import list_finetuned_models
 
-    return list(SAM_MODELS)
+    return list(SAM_MODELS) + [str(info.path) for info in list_finetuned_models()]
 
 
 def row(*widgets: Any) -> Container:
@@ -89,9 +90,15 @@ class SamForm(DockForm):
             "or type any label that is on the shown slice.",
         )  # fmt: skip
         self.propagate_button = PushButton(text="Propagate (SAM)")
-        self.seggpt_button = PushButton(text="Propagate with SegGPT")
+        self.seggpt_button = PushButton(
+            text="Propagate (SegGPT)",
+            tooltip="Hand the output labels to the SegGPT widget and segment the whole stack with them",
+        )
         self.precompute_button = PushButton(text="Precompute stack")
-        self.everything_button = PushButton(text="Segment everything")
+        self.everything_button = PushButton(
+            text="Segment all",
+            tooltip="Segment every object of the shown slice (or the whole stack, see the section below) into a new labels layer",
+        )
         self.add_rows(self.image_box, self.output_box)
         self.add_rows(
             self.point_kind,
