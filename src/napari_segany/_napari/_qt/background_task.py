@@ -149,10 +149,12 @@ class BackgroundTask(QWidget):
         self._notify_error = notify_error
         self._description = ""
         self.label = QLabel("")
+        self.label.setWordWrap(True)
         self.progress_bar = QProgressBar()
         self.progress_bar.setRange(0, 1)
         self.progress_bar.setValue(0)
         self.progress_bar.setTextVisible(True)
+        self.progress_bar.setFormat("idle")
         self.cancel_button = QPushButton("Cancel")
         self.cancel_button.setToolTip("Stop the running job; layers are left as they were")
         self.cancel_button.setEnabled(False)
@@ -211,6 +213,7 @@ class BackgroundTask(QWidget):
         self._description = description
         self.label.setText(description)
         self.progress_bar.setRange(0, 0)  # busy indicator until the first progress arrives
+        self.progress_bar.setFormat("%p%")
         self.cancel_button.setEnabled(True)
 
         def yielded(value: Any) -> None:
@@ -234,6 +237,7 @@ class BackgroundTask(QWidget):
                 self.cancel_button.setEnabled(False)
                 self.progress_bar.setRange(0, 1)
                 self.progress_bar.setValue(0)
+                self.progress_bar.setFormat("idle")
                 self.label.setText("")
                 self.busy_changed.emit(False)
 

@@ -12,19 +12,36 @@ from __future__ import annotations
 from typing import Any
 
 from magicgui.widgets import Container, Label, Widget
-from qtpy.QtCore import Qt
-from qtpy.QtWidgets import QFrame, QScrollArea, QSizePolicy, QVBoxLayout, QWidget
+from qtpy.QtCore import QSize, Qt, QTimer
+from qtpy.QtWidgets import (
+    QDockWidget,
+    QFrame,
+    QMainWindow,
+    QScrollArea,
+    QSizePolicy,
+    QVBoxLayout,
+    QWidget,
+)
 from superqt import QCollapsible
 
-FORM_WIDTH = 330
-"""Width (px) of the form: the dock never grows beyond it plus the scroll bar."""
+FORM_WIDTH = 290
+"""Width (px) of the form: the dock never grows beyond it plus the scroll bar, so napari's layer
+list (~340 px) and this dock leave the canvas at least half of a 1366 px wide window."""
+PREFERRED_HEIGHT = 320
+"""Height (px) a dock asks for: two docks stacked share a 768 px high window evenly."""
 
 
 def collapsible(title: str, content: Any, *, expanded: bool = False) -> QCollapsible:
     """A collapsible Qt section holding a magicgui widget or a QWidget (collapsed by default)."""
     section = QCollapsible(title)
     section.addWidget(content.native if isinstance(content, Widget) else content)
-    if not expanded:
+    layout = section.layout()
+    if layout is not None:
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.setSpacing(0)
+    if expanded:
+        section.expand(animate=False)
+    else:
         section.collapse(animate=False)
     return section
 
@@ -59,7 +76,7 @@ class DockForm(QWidget):
         self.scroll_area.setHorizontalScrollBarPolicy(Qt.ScrollBarAlwaysOff)
         self.scroll_area.setWidget(self._form)
         self._form.setMaximumWidth(FORM_WIDTH)
-        self.setMaximumWidth(FORM_WIDTH + 24)
+        self.setMaximumWidth(FORM_WIDTH + 20)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addWidget(self.scroll_area, stretch=1)
@@ -67,6 +84,34 @@ class DockForm(QWidget):
         layout.addLayout(self._bottom)
         self._sections: dict[str, QCollapsible] = {}
         self._stretch_added = False
+
+    def sizeHint(self) -> QSize:  # noqa: N802 (Qt API)
+        """A modest height, so napari splits stacked docks evenly (the form scrolls)."""
+        return QSize(FORM_WIDTH + 20, PREFERRED_HEIGHT)
+
+    def showEvent(self, event: Any) -> None:  # noqa: N802 (Qt API)
+        """When docked next to other plugin forms, share the dock area's height evenly."""
+        super().showEvent(event)
+        QTimer.singleShot(0, self._share_dock_height)
+
+    def _share_dock_height(self) -> None:
+        window = self.window()
+        own = _dock_of(self)
+        if not isinstance(window, QMainWindow) or own is None or own.isFloating():
+            return
+        area = window.dockWidgetArea(own)
+        docks = [
+            dock
+            for dock in window.findChildren(QDockWidget)
+            if dock.isVisible()
+            and not dock.isFloating()
+            and window.dockWidgetArea(dock) == area
+            and dock.findChild(DockForm) is not None
+        ]
+        vertical = area in (Qt.LeftDockWidgetArea, Qt.RightDockWidgetArea)
+        if len(docks) > 1 and vertical:
+            total = sum(dock.height() for dock in docks)
+            window.resizeDocks(docks, [total // len(docks)] * len(docks), Qt.Vertical)
 
     @property
     def native(self) -> QWidget:
@@ -113,3 +158,10 @@ class DockForm(QWidget):
         if not self._stretch_added:
             self._form_layout.addStretch(1)
             self._stretch_added = True
+
+
+def _dock_of(widget: QWidget) -> QDockWidget | None:
+    parent = widget.parentWidget()
+    while parent is not None and not isinstance(parent, QDockWidget):
+        parent = parent.parentWidget()
+    return parent
