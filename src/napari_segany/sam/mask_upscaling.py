@@ -84,16 +84,16 @@ def resize_bilinear_window(
 ) -> torch.Tensor:
     """The window ``rows × cols`` of the (h, w) map bilinearly resized to ``size`` (float32)."""
     height, width = logits.shape
-    r_first, r_second, r_weight = bilinear_taps(height, size[0], *rows)
-    c_first, c_second, c_weight = bilinear_taps(width, size[1], *cols)
     device = logits.device
+    r_first, r_second, r_weight = (t.to(device) for t in bilinear_taps(height, size[0], *rows))
+    c_first, c_second, c_weight = (t.to(device) for t in bilinear_taps(width, size[1], *cols))
     low, high = int(r_first.min()), int(r_second.max()) + 1
     source = logits[low:high].float()
-    c_first, c_second, c_weight = c_first.to(device), c_second.to(device), c_weight.to(device)
-    columns = source[:, c_first] * (1 - c_weight) + source[:, c_second] * c_weight
-    r_first, r_second = (r_first - low).to(device), (r_second - low).to(device)
-    r_weight = r_weight.to(device)[:, None]
-    return columns[r_first] * (1 - r_weight) + columns[r_second] * r_weight
+    # Columns first on the few source rows, then rows; the blends run in place.
+    columns = source.index_select(1, c_first).mul_(1 - c_weight)
+    columns.add_(source.index_select(1, c_second).mul_(c_weight))
+    out = columns.index_select(0, r_first - low).mul_((1 - r_weight)[:, None])
+    return out.add_(columns.index_select(0, r_second - low).mul_(r_weight[:, None]))
 
 
 def upscale_into(
@@ -121,4 +121,7 @@ def upscale_into(
         stop = min(row1, start + band)
         values = resize_bilinear_window(logits, size, (start, stop), (col0, col1))
         target = out[start:stop, col0:col1]
-        target.copy_(values > threshold if as_mask else values)
+        if as_mask:
+            torch.gt(values, threshold, out=target)
+        else:
+            target.copy_(values)
