@@ -59,7 +59,7 @@ class EncoderBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, H, W, C) -> (B, H, W, C)."""
         x = self.attn(self.norm1(x), residual=x)
-        return self.mlp.forward_residual(x, self.norm2(x))
+        return self.mlp(self.norm2(x), residual=x)
 
 
 class ImageEncoderViT(nn.Module):

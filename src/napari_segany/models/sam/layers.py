@@ -37,13 +37,13 @@ class FeedForward(nn.Module):
         self.lin2 = nn.Linear(mlp_dim, embed_dim)
         self.act = activation()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(..., embed_dim) -> (..., embed_dim)."""
-        return self.lin2(self.act(self.lin1(x)))
-
-    def forward_residual(self, residual: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """``residual + self(x)``, the residual accumulated by the second product (a new tensor)."""
-        return residual_plus_linear(residual, self.act(linear_then_bias(x, self.lin1)), self.lin2)
+    def forward(self, x: torch.Tensor, *, residual: torch.Tensor | None = None) -> torch.Tensor:
+        """(..., embed_dim) -> (..., embed_dim); plus ``residual`` when given (accumulated by the
+        second product, a new tensor)."""
+        inner = self.act(linear_then_bias(x, self.lin1))
+        if residual is not None:
+            return residual_plus_linear(residual, inner, self.lin2)
+        return linear_then_bias(inner, self.lin2)
 
 
 class MultiLayerPerceptron(nn.Module):

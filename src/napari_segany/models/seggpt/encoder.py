@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..fused_linear import residual_plus_linear
 from .attention import SegGptAttention, linear_inplace_bias
 from .config import SegGptArchitecture
 
@@ -37,8 +38,14 @@ class SegGptMlp(nn.Module):
         self.lin1 = nn.Linear(hidden_size, mlp_dim)
         self.lin2 = nn.Linear(mlp_dim, hidden_size)
 
-    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        return linear_inplace_bias(F.gelu(linear_inplace_bias(hidden, self.lin1)), self.lin2)
+    def forward(
+        self, hidden: torch.Tensor, *, residual: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """(..., C) -> (..., C); plus ``residual`` when given (accumulated by the second product)."""
+        inner = F.gelu(linear_inplace_bias(hidden, self.lin1))
+        if residual is not None:
+            return residual_plus_linear(residual, inner, self.lin2)
+        return linear_inplace_bias(inner, self.lin2)
 
 
 class SplitTokens(NamedTuple):
@@ -115,19 +122,20 @@ class SegGptLayer(nn.Module):
         update_prompt, update_target = update[:, :prompt_rows], update[:, prompt_rows:]
         if group > 1:
             update_target = update_target.reshape(-1, group, *update_target.shape[1:]).mean(dim=1)
-        prompt = prompt[:, first_query_row:] + linear_inplace_bias(update_prompt, attention.proj)
-        target = target + linear_inplace_bias(update_target, attention.proj)
-        prompt = prompt + self.mlp(self.layernorm_after(prompt))
-        target = target + self.mlp(self.layernorm_after(target))
+        prompt = residual_plus_linear(prompt[:, first_query_row:], update_prompt, attention.proj)
+        target = residual_plus_linear(target, update_target, attention.proj)
+        prompt = self.mlp(self.layernorm_after(prompt), residual=prompt)
+        target = self.mlp(self.layernorm_after(target), residual=target)
         return SplitTokens(prompt, target)
 
     def _forward_whole(self, hidden: torch.Tensor, first_query_row: int) -> torch.Tensor:
         """(B, rows, cols, C) -> (B, rows - first_query_row, cols, C), no ensemble."""
         rows = hidden.shape[1]
         query_rows = slice(first_query_row, rows) if first_query_row else None
-        update = self.attention(self.layernorm_before(hidden), query_rows)
-        hidden = hidden[:, first_query_row:] + update
-        return hidden + self.mlp(self.layernorm_after(hidden))
+        attention = self.attention
+        update = attention.attend(attention.project_qkv(self.layernorm_before(hidden)), query_rows)
+        hidden = residual_plus_linear(hidden[:, first_query_row:], update, attention.proj)
+        return self.mlp(self.layernorm_after(hidden), residual=hidden)
 
 
 class SegGptEncoder(nn.Module):
