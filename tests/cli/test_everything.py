@@ -220,14 +220,18 @@ def test_interrupted_stack_resumes_from_its_finished_slices(
 def test_missing_and_corrupt_inputs_are_named_and_the_others_finish(
     tiny_sam_hf_folder, image_folder, tmp_path, capsys
 ):
+    import zarr
+
     (image_folder / "broken.tif").write_bytes(b"II*\x00 this is no TIFF")
     (image_folder / "wrong.tif").write_bytes(b"")
+    zarr.create_array(str(tmp_path / "line.zarr"), shape=(10,), dtype="uint8")  # 1-D: no image
     out = tmp_path / "out"
     code = main(
         [
             "everything",
             str(image_folder),
             str(tmp_path / "missing.png"),
+            str(tmp_path / "line.zarr"),
             "-o",
             str(out),
             "--model",
@@ -239,7 +243,7 @@ def test_missing_and_corrupt_inputs_are_named_and_the_others_finish(
     err = capsys.readouterr().err
     record = read_record(out)
     status = {r["input"].rsplit("/", 1)[-1]: r for r in record["inputs"]}
-    for name in ("broken.tif", "wrong.tif", "missing.png"):
+    for name in ("broken.tif", "wrong.tif", "missing.png", "line.zarr"):
         assert status[name]["status"] == "failed"
         assert name in status[name]["error"] and name in err
     for name in ("a", "b", "c"):

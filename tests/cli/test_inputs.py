@@ -33,6 +33,13 @@ def test_folders_globs_recursion_and_earlier_outputs_excluded(tmp_path):
     assert len(again) == 1  # duplicates removed
 
 
+def test_inputs_with_the_same_stem_get_distinct_output_names(tmp_path):
+    _touch_images(tmp_path, ["a.tif", "a.tiff"])
+    (tmp_path / "a.png").write_bytes(b"")
+    specs, _ = discover_inputs([str(tmp_path)])
+    assert sorted(s.name for s in specs) == ["a", "a_tif", "a_tiff"]
+
+
 def test_missing_paths_and_empty_globs_are_named(tmp_path):
     (tmp_path / "notes.txt").write_text("x")
     specs, missing = discover_inputs(

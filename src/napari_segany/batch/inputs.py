@@ -6,6 +6,7 @@ No array is read here: :func:`discover_inputs` only looks at paths. Opening and 
 
 from __future__ import annotations
 
+import dataclasses
 import glob
 import os
 from dataclasses import dataclass
@@ -165,7 +166,9 @@ def discover_inputs(
     -------
     tuple
         The inputs found, and the arguments that named nothing usable (missing paths, globs
-        without matches, unsupported file types, empty folders), each with the reason.
+        without matches, unsupported file types, empty folders), each with the reason. Inputs
+        whose outputs would collide are renamed: ``a.png`` and ``a.tif`` give ``a_labels.tif``
+        and ``a_tif_labels.tif``.
     """
     exclude_path = Path(exclude) if exclude is not None else None
     specs: list[InputSpec] = []
@@ -203,8 +206,26 @@ def discover_inputs(
             )
             missing.append(MissingInput(argument, reason))
         specs.extend(found)
-    unique = list(dict.fromkeys(specs))
-    return unique, missing
+    return _distinct_output_names(list(dict.fromkeys(specs))), missing
+
+
+def _distinct_output_names(specs: list[InputSpec]) -> list[InputSpec]:
+    """Rename inputs whose outputs would collide (``a.png`` and ``a.tif``: ``a_tif``, ...)."""
+    seen: set[tuple[str, str, bool]] = set()
+    result = []
+    for spec in specs:
+        slot = (spec.subfolder, spec.name, spec.kind == "zarr")
+        if slot in seen:
+            suffix = Path(spec.path).suffix.lstrip(".").lower() or spec.kind
+            name = f"{spec.name}_{suffix}"
+            number = 2
+            while (spec.subfolder, name, slot[2]) in seen:
+                name, number = f"{spec.name}_{suffix}{number}", number + 1
+            spec = dataclasses.replace(spec, name=name)
+            slot = (spec.subfolder, name, slot[2])
+        seen.add(slot)
+        result.append(spec)
+    return result
 
 
 def _specs_for_path(path: Path, *, recursive: bool, exclude: Path | None) -> list[InputSpec]:
