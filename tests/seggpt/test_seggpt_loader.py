@@ -160,3 +160,21 @@ def test_architecture_validation():
         SegGptArchitecture(image_size=(900, 448))
     with pytest.raises(ValueError, match="unknown"):
         SegGptArchitecture.from_dict({"depth": 3})
+
+
+def test_mean_and_std_come_from_the_registry_entry(monkeypatch, tiny_seggpt_hf_folder):
+    from dataclasses import replace
+
+    from napari_segany.seggpt import SegGptPredictor
+    from napari_segany.seggpt.registry import IMAGENET_MEAN, IMAGENET_STD
+
+    default = SegGptPredictor(load_seggpt(tiny_seggpt_hf_folder, precision="fp32"))
+    np_mean, np_std = default.mean.tolist(), default.std.tolist()
+    assert np_mean == pytest.approx(IMAGENET_MEAN) and np_std == pytest.approx(IMAGENET_STD)
+    other = replace(SEGGPT_MODELS["seggpt-vit-l"], mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+    monkeypatch.setattr(loader_module, "SEGGPT_MODELS", {"seggpt-vit-l": other})
+    monkeypatch.setattr(loader_module, "download_from_hub", lambda *a, **k: tiny_seggpt_hf_folder)
+    predictor = SegGptPredictor(load_seggpt("seggpt-vit-l", precision="fp32"))
+    assert predictor.mean.tolist() == [0.5] * 3 and predictor.std.tolist() == [0.25] * 3
+    explicit = SegGptPredictor(predictor.model, mean=(0.1, 0.2, 0.3), std=(1, 1, 1))
+    assert explicit.mean.tolist() == pytest.approx([0.1, 0.2, 0.3])

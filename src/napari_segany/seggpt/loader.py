@@ -83,8 +83,23 @@ def load_seggpt(
     dtype = resolve_dtype(precision, dev)
     arch, state, label = _read_source(source, architecture, original)
     model = build_with_weights(lambda: SegGpt(arch), state, device=dev, dtype=dtype, source=label)
+    info = _registry_entry(source)
+    # Preprocessing comes from the registry entry (the released model's training statistics).
+    model.pixel_mean, model.pixel_std = tuple(info.mean), tuple(info.std)
+    model.name = info.name if str(source) in SEGGPT_MODELS else str(source)
     logger.info("loaded SegGPT from %s on %s in %s", label, dev, dtype)
     return model
+
+
+def _registry_entry(source: str | os.PathLike):
+    """The registry entry of ``source`` (by name or hub repo), else the default model's."""
+    text = str(source)
+    if text in SEGGPT_MODELS:
+        return SEGGPT_MODELS[text]
+    for info in SEGGPT_MODELS.values():
+        if text.lower() in (info.hub_repo.lower(), info.original_repo.lower()):
+            return info
+    return SEGGPT_MODELS[DEFAULT_SEGGPT_MODEL]
 
 
 def _read_source(
