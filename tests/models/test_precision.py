@@ -43,3 +43,39 @@ def test_auto_precision_follows_native_bf16_on_cpu(monkeypatch):
 def test_unknown_precision_lists_the_choices():
     with pytest.raises(ValueError, match="fp32"):
         precision.resolve_dtype("int8", torch.device("cpu"))
+
+
+@pytest.mark.parametrize(
+    ("capability", "dtype"),
+    [((9, 0), torch.bfloat16), ((8, 0), torch.bfloat16), ((7, 5), torch.float16)],
+)
+def test_auto_precision_on_cuda_follows_the_compute_capability(monkeypatch, capability, dtype):
+    """The CUDA branch of "auto": bf16 from Ampere on, fp16 on older GPUs (which would only
+    emulate bf16, although torch.cuda.is_bf16_supported() says yes)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    device = precision.resolve_device("auto")
+    assert device == torch.device("cuda")
+    assert precision.resolve_dtype("auto", device) is dtype
+    assert precision.resolve_dtype("auto", torch.device("cuda:1")) is dtype
+    # Explicit names are not overridden by the capability.
+    assert precision.resolve_dtype("fp32", device) is torch.float32
+    assert precision.resolve_dtype("bf16", device) is torch.bfloat16
+
+
+def test_auto_precision_on_mps_is_fp16(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(precision, "_mps_available", lambda: True)
+    device = precision.resolve_device("auto")
+    assert device == torch.device("mps")
+    assert precision.resolve_dtype("auto", device) is torch.float16
+
+
+@pytest.mark.gpu
+def test_auto_precision_on_this_gpu():
+    device = precision.resolve_device("auto")
+    assert device.type == "cuda"
+    major, _ = torch.cuda.get_device_capability(device)
+    expected = torch.bfloat16 if major >= 8 else torch.float16
+    assert precision.resolve_dtype("auto", device) is expected

@@ -44,8 +44,9 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
 def resolve_dtype(precision: str | torch.dtype, device: torch.device) -> torch.dtype:
     """Map a precision name to a dtype for ``device``.
 
-    ``"auto"`` is bfloat16 on CUDA devices that support it and on CPUs with native bfloat16
-    instructions (AVX512-BF16 or AMX), float16 on MPS, float32 elsewhere.
+    ``"auto"`` is bfloat16 on CUDA devices with native bfloat16 arithmetic (compute capability
+    8.0 or newer: Ampere, Ada, Hopper, Blackwell) and float16 on older ones, bfloat16 on CPUs
+    with native bfloat16 instructions (AVX512-BF16 or AMX), float16 on MPS, float32 elsewhere.
     """
     if isinstance(precision, torch.dtype):
         if precision not in _DTYPES.values():
@@ -54,13 +55,23 @@ def resolve_dtype(precision: str | torch.dtype, device: torch.device) -> torch.d
     name = _ALIASES.get(str(precision).lower(), str(precision).lower())
     if name == "auto":
         if device.type == "cuda":
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+            return torch.bfloat16 if cuda_has_native_bf16(device) else torch.float16
         if device.type == "mps":
             return torch.float16
         return torch.bfloat16 if cpu_has_native_bf16() else torch.float32
     if name not in _DTYPES:
         raise ValueError(f"unknown precision {precision!r}; use one of {PRECISIONS}")
     return _DTYPES[name]
+
+
+def cuda_has_native_bf16(device: torch.device) -> bool:
+    """Whether a CUDA device computes bfloat16 natively (compute capability >= 8.0).
+
+    ``torch.cuda.is_bf16_supported()`` also says yes for older GPUs that only emulate it
+    (slowly), so the capability is checked instead.
+    """
+    major, _ = torch.cuda.get_device_capability(device)
+    return major >= 8
 
 
 def cpu_has_native_bf16() -> bool:
