@@ -86,3 +86,26 @@ def test_headwise_global_attention_matches_and_has_gradients():
     torch.testing.assert_close(out, expected, atol=1e-5, rtol=1e-5)
     out.square().sum().backward()
     assert x.grad is not None and torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+
+
+def test_cached_tokens_give_the_models_own_embedding(tiny_sam_model, lora_run):
+    """Scoring goes through the cached tokens + the adapted block + neck: the same embedding as
+    running the fine-tuned model's whole encoder."""
+    from napari_segany.training.finetune import _evaluation_tiles
+    from napari_segany.training.prepared_tiles import prepare_tile
+    from napari_segany.training.tiles import tiles_from_labels
+
+    _, result = lora_run
+    image, labels = bright_disks(31)
+    (tile,) = tiles_from_labels(image, labels, tile_size=tiny_sam_model.image_size)
+    prepared = prepare_tile(
+        SamPredictor(tiny_sam_model), tile, np.random.default_rng(0), keep_tokens=True
+    )
+    (scored,) = _evaluation_tiles(result.model, [prepared], adapted_block=True)
+    via_tokens = SamPredictor(result.model)
+    scored.set_image(via_tokens)
+    direct = SamPredictor(result.model)
+    direct.set_image(tile.image)
+    torch.testing.assert_close(
+        via_tokens.get_image_embedding(), direct.get_image_embedding(), atol=1e-5, rtol=1e-5
+    )
