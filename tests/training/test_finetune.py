@@ -88,3 +88,32 @@ def test_small_objects_only_is_an_error(tiny_sam_model):
     labels[10:14, 10:14] = 1  # 16 px < 25
     with pytest.raises(ValueError, match="no labelled object"):
         finetune_sam(tiny_sam_model, np.zeros((128, 128)), labels, steps=2)
+
+
+@pytest.mark.parametrize("mode", ["decoder", "lora"])
+def test_bfloat16_base_model_trains_in_float32_and_stays_bfloat16(
+    tiny_sam_hf_folder, disk_data, mode
+):
+    from napari_segany.sam import load_sam
+
+    model = load_sam(tiny_sam_hf_folder, precision="bf16")
+    images, labels, val_images, val_labels = disk_data
+    result = finetune_sam(
+        model,
+        images[:2],
+        labels[:2],
+        mode=mode,
+        steps=6,
+        val_images=val_images[:1],
+        val_labels=val_labels[:1],
+    )
+    assert result.model.dtype == torch.bfloat16
+    assert all(v.dtype == torch.float32 for v in result.changed.values())
+    assert np.isfinite(result.history).all()
+    assert 0.0 <= result.metrics["after"]["box_iou"] <= 1.0
+    decoder = dict(result.model.mask_decoder.named_parameters())
+    for key, value in result.changed.items():
+        if key.startswith("mask_decoder.") and key[len("mask_decoder.") :] in decoder:
+            torch.testing.assert_close(
+                decoder[key[len("mask_decoder.") :]].float(), value.to(torch.bfloat16).float()
+            )
