@@ -95,22 +95,21 @@ class BiMultiHeadAttention(nn.Module):
         """
         batch, num_vision, _ = vision.shape
         num_text = text.shape[1]
-        # The attention itself runs in float32: it is small (image × text tokens) and the two
-        # softmaxes over very different lengths lose too much in half precision.
-        query = self._heads(self.vision_proj(vision).float() * self.scale)
-        key = self._heads(self.text_proj(text).float())
-        vision_values = self._heads(self.values_vision_proj(vision).float())
-        text_values = self._heads(self.values_text_proj(text).float())
-        # Similarities (B, heads, N, T); the global max keeps half precision in range.
-        scores = query @ key.transpose(-1, -2)
+        query = self._heads(self.vision_proj(vision) * self.scale)
+        key = self._heads(self.text_proj(text))
+        vision_values = self._heads(self.values_vision_proj(vision))
+        text_values = self._heads(self.values_text_proj(text))
+        # Similarities (B, heads, N, T) and both softmaxes in float32: they are small (T text
+        # tokens) and the softmax over all N image tokens loses too much in half precision. The
+        # global max keeps the exponentials in range.
+        scores = (query @ key.transpose(-1, -2)).float()
         scores = (scores - scores.max()).clamp(-50000, 50000)
         text_scores = scores.transpose(-1, -2)
         text_scores = (text_scores - text_scores.amax(-1, keepdim=True)).clamp(-50000, 50000)
-        text_probs = text_scores.softmax(-1)
+        text_probs = text_scores.softmax(-1).to(vision_values.dtype)
         if text_padding is not None:
             scores = scores.masked_fill(text_padding[:, None, None, :], float("-inf"))
-        vision_probs = scores.softmax(-1)
+        vision_probs = scores.softmax(-1).to(text_values.dtype)
         vision_out = (vision_probs @ text_values).transpose(1, 2).reshape(batch, num_vision, -1)
         text_out = (text_probs @ vision_values).transpose(1, 2).reshape(batch, num_text, -1)
-        dtype = vision.dtype
-        return self.out_vision_proj(vision_out.to(dtype)), self.out_text_proj(text_out.to(dtype))
+        return self.out_vision_proj(vision_out), self.out_text_proj(text_out)

@@ -40,7 +40,10 @@ def multi_scale_deformable_attention(
     _, queries, _, levels, points, _ = sampling_locations.shape
     per_level = value.split([h * w for h, w in spatial_shapes], dim=1)
     grids = 2 * sampling_locations - 1
-    sampled = []
+    # (B·heads, 1, Q, levels, points): each level's sampled values are weighted and summed
+    # right away, so the (B·heads, head_dim, Q, levels·points) stack is never built.
+    weights = attention_weights.transpose(1, 2).reshape(batch * heads, 1, queries, levels, points)
+    out = None
     for level, (height, width) in enumerate(spatial_shapes):
         v = (
             per_level[level]
@@ -49,14 +52,10 @@ def multi_scale_deformable_attention(
             .reshape(batch * heads, head_dim, height, width)
         )
         grid = grids[:, :, :, level].transpose(1, 2).flatten(0, 1)  # (B·heads, Q, points, 2)
-        sampled.append(
-            F.grid_sample(v, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-        )
-    # (B·heads, head_dim, Q, levels·points) · (B·heads, 1, Q, levels·points)
-    stacked = torch.stack(sampled, dim=-2).flatten(-2)
-    weights = attention_weights.transpose(1, 2).reshape(batch * heads, 1, queries, levels * points)
-    out = (stacked * weights.to(stacked.dtype)).sum(-1).view(batch, heads * head_dim, queries)
-    return out.transpose(1, 2)
+        sampled = F.grid_sample(v, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        term = (sampled * weights[..., level, :].to(sampled.dtype)).sum(-1)  # (B·heads, D, Q)
+        out = term if out is None else out.add_(term)
+    return out.view(batch, heads * head_dim, queries).transpose(1, 2)
 
 
 class MultiscaleDeformableAttention(nn.Module):
