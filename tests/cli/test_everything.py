@@ -165,6 +165,42 @@ def test_tiff_stack_gives_a_tiff_stack_scaled_by_one_contrast_pair(
         np.testing.assert_array_equal(labels[z], expected_labels(tiny_predictor, stack[z], limits))
 
 
+def test_a_large_image_is_split_into_tile_tasks_with_the_pipeline_result(
+    tiny_sam_hf_folder, tiny_predictor, tmp_path
+):
+    import tifffile
+
+    from napari_segany.jobs import run_to_completion
+    from napari_segany.sam.automatic import segment_everything
+
+    image = np.concatenate([blobs((70, 60), 71), blobs((70, 60), 72)], axis=1).astype(np.uint16)
+    image = image * 100  # 16 bit: every tile is scaled by the whole image's contrast
+    tifffile.imwrite(tmp_path / "large.tif", image)
+    out = tmp_path / "out"
+    tiling = ["--tile-size", "48", "--tile-overlap", "16", "--min-mask-region-area", "20"]
+    code = main(
+        ["everything", str(tmp_path / "large.tif"), "-o", str(out)]
+        + ["--model", str(tiny_sam_hf_folder)]
+        + tiling
+        + EVERYTHING_FAST
+    )
+    assert code == 0
+    expected = run_to_completion(
+        segment_everything(
+            tiny_predictor,
+            image,
+            tile_size=48,
+            tile_overlap=16,
+            min_mask_region_area=20,
+            **GENERATOR,
+        )
+    )
+    labels = tifffile.imread(out / "large_labels.tif")
+    np.testing.assert_array_equal(labels, expected.labels)
+    assert labels.max() > 0
+    assert read_record(out)["inputs"][0]["objects"] == len(expected.records)
+
+
 class _Interrupt(BaseException):
     """Stands for a crash (or Ctrl-C) in the middle of a run."""
 

@@ -14,6 +14,7 @@ widgets and the scripting module call:
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from typing import Any
 
@@ -110,6 +111,72 @@ class SegmentEverything:
                 )
             )
         return SliceOutcome(result.labels, len(result.records))
+
+    # -- a large slice as tile tasks (map: run_tile, reduce: merge_tiles) --------------------------
+
+    def tiles(self, shape: tuple[int, int]) -> list[list[int]]:
+        """Tiles ``[x0, y0, x1, y1]`` of a slice of ``shape`` ((H, W)); ``[]`` when not tiled.
+
+        The same tiles :func:`~napari_segany.sam.automatic.segment_everything` cuts.
+        """
+        from napari_segany.sam.prompt_grid import generate_tiles
+
+        if self.tile_size is None or max(shape) <= self.tile_size:
+            return []
+        return generate_tiles(tuple(shape), self.tile_size, self.tile_overlap)
+
+    def tile_contrast_limits(
+        self, image: Any, contrast_limits: tuple[float, float] | None
+    ) -> tuple[float, float] | None:
+        """One contrast pair for every tile of ``image`` (as ``segment_everything`` uses)."""
+        from napari_segany.sam.tiling import global_contrast_limits
+
+        return global_contrast_limits(image, contrast_limits)
+
+    def run_tile(
+        self,
+        tile: np.ndarray,
+        box: list[int],
+        contrast_limits: tuple[float, float] | None,
+        resources: WorkerResources,
+    ) -> Any:
+        """Mask candidates of one tile (pixels ``tile``, at ``box`` of the slice), in slice
+        coordinates, before the tiles are merged."""
+        from napari_segany.image_conversion import to_uint8_rgb
+        from napari_segany.jobs import run_to_completion
+        from napari_segany.sam.automatic import SamAutomaticMaskGenerator
+
+        options = dict(self.generator_options)
+        options["min_mask_region_area"] = 0  # applied once, after the merge
+        rgb = to_uint8_rgb(np.asarray(tile), contrast_limits)
+        key = ("sam", self.model)
+        with resources.using_model(key, lambda: _load_sam_predictor(self.model)) as predictor:
+            generator = SamAutomaticMaskGenerator(predictor, **options)
+            found = run_to_completion(generator.iter_candidates(rgb))
+        return found.shifted(int(box[0]), int(box[1])) if box[0] or box[1] else found
+
+    def merge_tiles(
+        self, parts: list[tuple[list[int], Any]], shape: tuple[int, int]
+    ) -> SliceOutcome:
+        """Labels of a slice from its tiles' candidates: merged, cleaned, painted."""
+        from napari_segany.sam.automatic import SamAutomaticMaskGenerator
+        from napari_segany.sam.mask_records import paint_labels
+        from napari_segany.sam.small_regions import postprocess_small_regions
+        from napari_segany.sam.tiling import merge_across_tiles
+
+        defaults = inspect.signature(SamAutomaticMaskGenerator).parameters
+        options = {name: p.default for name, p in defaults.items()}
+        options.update(self.generator_options)
+        candidates = merge_across_tiles(parts, options["tile_merge_iou"])
+        if options["min_mask_region_area"] > 0:
+            candidates = postprocess_small_regions(
+                candidates,
+                options["min_mask_region_area"],
+                max(options["box_nms_thresh"], options["crop_nms_thresh"]),
+                tuple(shape),
+            )
+        labels, painted = paint_labels(candidates, tuple(shape))
+        return SliceOutcome(labels, len(painted))
 
 
 @dataclass(frozen=True)

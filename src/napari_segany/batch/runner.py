@@ -26,10 +26,14 @@ from napari_segany.batch.outputs import PROGRESS_FOLDER, OutputTarget, plan_outp
 from napari_segany.batch.run_record import RUN_FILE_NAME, InputRecord, RunRecord
 from napari_segany.batch.tasks import (
     FinishTask,
+    MergeTask,
     SliceResult,
     SliceTask,
+    TileTask,
     run_finish_task,
+    run_merge_task,
     run_slice_task,
+    run_tile_task,
 )
 from napari_segany.batch.volumes import AxisChoice, ImageVolume, InputError, open_volume
 
@@ -85,6 +89,40 @@ class _ItemState:
     remaining: int = 0
     max_label: int = 0
     errors: list[str] = field(default_factory=list)
+    tiles: dict[tuple[int, ...], _TiledSlice] = field(default_factory=dict)
+
+
+@dataclass
+class _TiledSlice:
+    """The tiles of one large slice as they come in; a :class:`MergeTask` once all are in."""
+
+    key: tuple[int, ...]
+    shape: tuple[int, int]
+    expected: int
+    target: OutputTarget | None
+    operation: Any
+    parts: list[tuple[tuple[int, int, int, int], Any]] = field(default_factory=list)
+    seconds: float = 0.0
+    error: BaseException | None = None
+    received: int = 0
+
+    def add(self, task: TileTask, result: Any) -> MergeTask | BaseException | None:
+        """Take one tile's result; when it was the last: the merge task, or the first error."""
+        self.received += 1
+        if isinstance(result, BaseException):
+            self.error = self.error or result
+        else:
+            self.parts.append((tuple(result.box), result.candidates))
+            self.seconds += result.seconds
+        if self.received < self.expected:
+            return None
+        if self.error is not None:
+            return self.error
+        parts = tuple(sorted(self.parts, key=lambda part: (part[0][1], part[0][0])))
+        self.parts = []
+        return MergeTask(
+            task.item, self.key, self.shape, parts, self.seconds, self.target, self.operation
+        )
 
 
 class _VolumeSlices:
@@ -96,6 +134,22 @@ class _VolumeSlices:
 
     def __getitem__(self, key: tuple[int, ...]) -> np.ndarray:
         return self.volume.read_slice(key)
+
+
+class _SliceView:
+    """One slice of a volume as a lazy (H, W[, C]) array: ``dtype``, ``shape``, 2D slicing."""
+
+    def __init__(self, volume: ImageVolume, key: tuple[int, ...]) -> None:
+        self.volume, self.key = volume, key
+        self.dtype = volume.dtype
+        colour = volume.layout.colour_axis
+        self.shape = volume.layout.spatial_shape + (
+            (volume.layout.shape[colour],) if colour is not None else ()
+        )
+
+    def __getitem__(self, index: tuple[slice, slice]) -> np.ndarray:
+        rows, cols = index[:2]
+        return self.volume.read_region(self.key, rows, cols)
 
 
 def stack_limits(volume: ImageVolume) -> tuple[float, float] | None:
@@ -175,7 +229,7 @@ def run_batch(
         report(f"FAILED {item.argument}: {item.reason}")
 
     states: list[_ItemState] = []
-    tasks: list[SliceTask] = []
+    tasks: list[SliceTask | TileTask] = []
     for spec in specs:
         state = _plan_item(spec, operation, options, previous, tasks, len(states))
         states.append(state)
@@ -186,11 +240,38 @@ def run_batch(
         record.write(record_dir)
 
     progress = tqdm(
-        total=len(tasks), unit="slice", file=stderr, disable=options.quiet, desc=command
+        total=len(tasks) + sum(len(state.tiles) for state in states),  # tiles, then merges
+        unit="task",
+        file=stderr,
+        disable=options.quiet,
+        desc=command,
     )
+
+    def write_record() -> None:
+        if record_dir is not None:
+            record.write(record_dir)
+
+    def slice_finished(item: int, key: tuple[int, ...], result: Any) -> None:
+        state = states[item]
+        if isinstance(result, BaseException):
+            state.errors.append(f"slice {key}: {_describe(result)}")
+        else:
+            _count(state, result)
+        state.remaining -= 1
+        if state.remaining:
+            return
+        if state.errors:
+            _fail(state, "; ".join(state.errors[:3]), report)
+            write_record()
+        elif state.target is not None and (state.target.is_stack or state.target.kind == "zarr"):
+            executor.submit(run_finish_task, FinishTask(item, state.target, state.max_label))
+        else:
+            state.record.status = "done"
+            write_record()
+
     try:
         for task in tasks:
-            executor.submit(run_slice_task, task)
+            executor.submit(run_tile_task if isinstance(task, TileTask) else run_slice_task, task)
         for task, result in executor.completed():
             state = states[task.item]
             if isinstance(task, FinishTask):
@@ -198,30 +279,17 @@ def run_batch(
                     _fail(state, f"writing {task.target.path}: {_describe(result)}", report)
                 else:
                     state.record.status = "done"
-                if record_dir is not None:
-                    record.write(record_dir)
+                write_record()
                 continue
             progress.update(1)
-            if isinstance(result, BaseException):
-                state.errors.append(f"slice {task.key}: {_describe(result)}")
-            else:
-                _count(state, result)
-            state.remaining -= 1
-            if state.remaining == 0:
-                if state.errors:
-                    _fail(state, "; ".join(state.errors[:3]), report)
-                    if record_dir is not None:
-                        record.write(record_dir)
-                elif state.target is not None and (
-                    state.target.is_stack or state.target.kind == "zarr"
-                ):
-                    executor.submit(
-                        run_finish_task, FinishTask(task.item, state.target, state.max_label)
-                    )
-                else:
-                    state.record.status = "done"
-                    if record_dir is not None:
-                        record.write(record_dir)
+            if isinstance(task, TileTask):
+                merge = state.tiles[task.key].add(task, result)
+                if isinstance(merge, MergeTask):
+                    executor.submit(run_merge_task, merge)
+                elif merge is not None:  # every tile is in, some failed
+                    slice_finished(task.item, task.key, merge)
+                continue
+            slice_finished(task.item, task.key, result)
         if tasks:
             _record_worker_facts(record, executor)
     finally:
@@ -300,7 +368,7 @@ def _plan_item(
     operation: Any,
     options: BatchOptions,
     previous: dict[str, dict[str, Any]],
-    tasks: list[SliceTask],
+    tasks: list[SliceTask | TileTask],
     index: int,
 ) -> _ItemState:
     """Open one input, decide its output and its remaining slices, append their tasks."""
@@ -348,8 +416,17 @@ def _plan_item(
             record.error = f"{spec.label}: cannot read it ({_describe(exc)})"
             return state
         keys = [k for k in volume.keys() if k not in done]
+        shape = volume.layout.spatial_shape
+        boxes = operation.tiles(shape) if hasattr(operation, "tiles") else []
         for key in keys:
-            tasks.append(SliceTask(index, spec, options.axes, key, limits, target, operation))
+            if not boxes:
+                tasks.append(SliceTask(index, spec, options.axes, key, limits, target, operation))
+                continue
+            tile_limits = operation.tile_contrast_limits(_SliceView(volume, key), limits)
+            state.tiles[key] = _TiledSlice(key, shape, len(boxes), target, operation)
+            for box in boxes:
+                tile = TileTask(index, spec, options.axes, key, tuple(box), tile_limits, operation)
+                tasks.append(tile)
         state.remaining = len(keys)
         if not keys:
             if target is not None and (target.is_stack or target.kind == "zarr"):

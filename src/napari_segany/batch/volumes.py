@@ -226,6 +226,19 @@ class ImageVolume:
         data = np.asarray(self.array[self.layout.index(tuple(key))])
         return np.transpose(data, self._order) if self._order != tuple(range(data.ndim)) else data
 
+    def read_region(self, key: tuple[int, ...], rows: slice, cols: slice) -> np.ndarray:
+        """Rows and columns (any numpy slices, strides too) of slice ``key``, read alone."""
+        index = list(self.layout.index(tuple(key)))
+        y_axis, x_axis = self.layout.spatial_axes
+        index[y_axis], index[x_axis] = rows, cols
+        data = np.asarray(self.array[tuple(index)])
+        return np.transpose(data, self._order) if self._order != tuple(range(data.ndim)) else data
+
+    def read_tile(self, key: tuple[int, ...], box: tuple[int, int, int, int]) -> np.ndarray:
+        """The ``[x0, y0, x1, y1]`` region (exclusive ends) of slice ``key``, read alone."""
+        x0, y0, x1, y1 = (int(v) for v in box)
+        return self.read_region(key, slice(y0, y1), slice(x0, x1))
+
     def close(self) -> None:
         """Release the file handle, if any."""
         if self._closer is not None:
