@@ -45,13 +45,11 @@ def load_detector_model(source: str, device: str, precision: str) -> Any:
 
 
 def detect_job(detector, image, text, box_threshold, text_threshold, contrast_limits, should_stop):
-    """Job: detect on one slice; yields per backbone block, returns the detections."""
-    progress: list[tuple[int, int]] = []
+    """Job: detect on one slice; *Cancel* stops it between backbone blocks."""
 
     def on_block(done: int, total: int) -> None:
         if should_stop():
             raise InterruptedError("detection cancelled")
-        progress.append((done, total))
 
     yield 0, 1
     found = detector.detect(
