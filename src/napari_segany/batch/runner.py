@@ -2,7 +2,8 @@
 
 :func:`run_batch` finds the inputs, opens each one lazily on the client (metadata only, plus a
 small sample of a stack for its contrast limits), skips finished outputs and finished slices of
-interrupted ones, submits one task per remaining slice to an executor (this process or dask),
+interrupted ones, submits one task per remaining slice (for ``everything`` on a slice larger than
+the tile size: one task per tile, then a merge task) to an executor (this process or dask),
 finishes each output as soon as its last slice is in, and records everything in
 ``OUT/napari-segany-run.json``. A failing input is reported by name and the others complete.
 

@@ -1,4 +1,5 @@
-"""The unit of batch work: one 2D slice of one input, and the finishing step of one output.
+"""The units of batch work: one 2D slice of one input (or one tile of a large slice, and the
+merge of its tiles), and the finishing step of one output.
 
 :func:`run_slice_task` is a pure function of (task, resources): it reads its slice, runs the
 operation and writes the labels itself (into a TIFF for a 2D input, into its own chunks of a zarr
