@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 
 from napari_segany._napari._qt.finetune_widget import FinetuneWidget, draw_loss_curve
 from napari_segany._napari._qt.sam_widget import SamWidget
@@ -26,6 +27,7 @@ def _use_tiny_model(picker, folder):
     picker.precision_box.value = "fp32"
 
 
+@pytest.mark.slow
 def test_train_stop_keep_best_and_use_in_the_sam_widget(
     make_napari_viewer, qtbot, tiny_sam_hf_folder, tmp_path, monkeypatch
 ):
@@ -74,6 +76,8 @@ def test_train_stop_keep_best_and_use_in_the_sam_widget(
     widget.use_model()
     assert sam.model_picker.choice.source == str(folder)
     assert str(folder) in widget.status.value
+    exported = widget.export_merged(tmp_path / "merged.pth")
+    assert exported.is_file() and widget.export_button.enabled
     # The base model stays loaded for the next run.
     assert widget.model_picker.cached_model() is result.base_model
 

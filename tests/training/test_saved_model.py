@@ -135,6 +135,7 @@ def test_saved_models_are_listed(decoder_run, tmp_path, monkeypatch):
     assert listed[0].path == tmp_path / "nuclei-v1"
 
 
+@pytest.mark.slow
 def test_batch_command_line_uses_a_finetuned_folder(saved_folder, decoder_run, tmp_path):
     import tifffile
 

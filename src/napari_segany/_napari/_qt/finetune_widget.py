@@ -137,6 +137,12 @@ class FinetuneWidget(DockForm):
         self.train_button = PushButton(text="Train")
         self.stop_button = PushButton(text="Stop and keep best", enabled=False)
         self.use_button = PushButton(text="Use this model", enabled=False)
+        self.export_button = PushButton(
+            text="Export merged .pth…",
+            enabled=False,
+            tooltip="The full fine-tuned model in the original segment_anything layout "
+            "(for segment_anything, micro-sam's custom weights, other tools)",
+        )
         self.status = wrapped_label("Paint labels, choose slices, press Train.")
         self.plot = QLabel()
         self.plot.setFixedHeight(PLOT_HEIGHT)
@@ -159,7 +165,9 @@ class FinetuneWidget(DockForm):
             Container(
                 widgets=[self.train_button, self.stop_button], layout="horizontal", labels=False
             ),
-            self.use_button,
+            Container(
+                widgets=[self.use_button, self.export_button], layout="horizontal", labels=False
+            ),
             self.status,
             labels=False,
         )
@@ -169,6 +177,7 @@ class FinetuneWidget(DockForm):
         self.train_button.changed.connect(self.train)
         self.stop_button.changed.connect(self.stop)
         self.use_button.changed.connect(self.use_model)
+        self.export_button.changed.connect(self._choose_export_path)
         self.task.busy_changed.connect(self._busy_changed)
         self.plot.setPixmap(draw_loss_curve([], [], FORM_WIDTH - 10, PLOT_HEIGHT))
 
@@ -225,6 +234,7 @@ class FinetuneWidget(DockForm):
         self.val_history.clear()
         self.outcome = None
         self.use_button.enabled = False
+        self.export_button.enabled = False
         self.table.clearContents()
         self._choice = choice
         self._set_status(" ".join(request.notes) or "Training…")
@@ -293,6 +303,7 @@ class FinetuneWidget(DockForm):
                 f"it; saved anyway to {outcome.folder} ({how})."
             )
         self.use_button.enabled = True
+        self.export_button.enabled = True
         self.use_button.text = "Use this model" if result.improved is not False else "Use anyway"
         self._set_status(text)
 
@@ -320,6 +331,16 @@ class FinetuneWidget(DockForm):
             return
         sam.use_model_source(str(self.outcome.folder))
         self._set_status(f"The Segment Anything widget now uses {self.outcome.folder}.")
+
+    def _choose_export_path(self, *_: Any) -> None:
+        from qtpy.QtWidgets import QFileDialog
+
+        if self.outcome is None:
+            return
+        default = str(self.outcome.folder.with_suffix(".pth"))
+        path, _ = QFileDialog.getSaveFileName(self, "Export merged checkpoint", default, "*.pth")
+        if path:
+            self._set_status(f"Exported {self.export_merged(path)}.")
 
     def export_merged(self, path: str | Path) -> Path:
         """Write the fine-tuned model as a full original-layout ``.pth`` checkpoint."""
