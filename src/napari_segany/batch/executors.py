@@ -38,16 +38,19 @@ class SerialExecutor:
     Parameters
     ----------
     threads
-        torch threads for the run (``torch.set_num_threads``); None keeps torch's default.
+        torch threads for the run (``torch.set_num_threads``, restored by :meth:`close`); None
+        keeps torch's default.
     """
 
     def __init__(self, threads: int | None = None) -> None:
         self.threads = threads
         self.resources = WorkerResources()
         self._queue: deque[tuple[TaskFunction, Any]] = deque()
+        self._previous_threads: int | None = None
         if threads is not None:
             import torch
 
+            self._previous_threads = torch.get_num_threads()
             torch.set_num_threads(threads)
 
     def submit(self, function: TaskFunction, task: Any) -> None:
@@ -77,8 +80,13 @@ class SerialExecutor:
         return {"this process": peak_rss_mb()}
 
     def close(self) -> None:
-        """Release models and files."""
+        """Release models and files; restore torch's thread count."""
         self.resources.close()
+        if self._previous_threads is not None:
+            import torch
+
+            torch.set_num_threads(self._previous_threads)
+            self._previous_threads = None
 
 
 def peak_rss_mb() -> float:
