@@ -7,7 +7,7 @@ masks, embedding, the whole mask stream up to the merge block); ``predict`` /
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -35,17 +35,22 @@ class SegGptPredictor:
     model
         From :func:`napari_segany.seggpt.load_seggpt`.
     mean, std
-        RGB normalisation of images and colour masks (ImageNet, as in training).
+        RGB normalisation of images and colour masks; by default the model's registry entry's
+        (``model.pixel_mean`` / ``model.pixel_std``, set by the loader), else ImageNet's.
     """
 
     def __init__(
         self,
         model: SegGpt,
         *,
-        mean: Sequence[float] = IMAGENET_MEAN,
-        std: Sequence[float] = IMAGENET_STD,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
     ) -> None:
         self.model = model.eval()
+        if mean is None:
+            mean = getattr(model, "pixel_mean", None) or IMAGENET_MEAN
+        if std is None:
+            std = getattr(model, "pixel_std", None) or IMAGENET_STD
         self.mean = np.asarray(mean, dtype=np.float32)
         self.std = np.asarray(std, dtype=np.float32)
         self._state: SegGptPromptState | None = None
@@ -83,6 +88,7 @@ class SegGptPredictor:
         *,
         prompt_type: str = "instance",
         feature_ensemble: bool = True,
+        on_block: Callable[[int, int], None] | None = None,
     ) -> None:
         """Set the example images and their segmentations.
 
@@ -106,6 +112,9 @@ class SegGptPredictor:
             ``"instance"`` or ``"semantic"``: SegGPT's type token.
         feature_ensemble
             With several prompts, ensemble them into one prediction (the original SegGPT rule).
+        on_block
+            Called as ``on_block(done, total)`` after each encoder block of the mask stream;
+            an exception raised from it cancels (it propagates, the prompts stay unchanged).
 
         Raises
         ------
@@ -148,14 +157,18 @@ class SegGptPredictor:
             colour_masks = [labels_to_rgb(m, palette) for m in masks]
         if len(palette) < 2:
             raise ValueError("the prompt label maps hold no labels (all background)")
-        pixels = torch.from_numpy(
+        pixels = self._to_model_device(
             np.stack([self._normalise(self._resize(i, Image.BICUBIC)) for i in rgb_images])
         )
-        mask_pixels = torch.from_numpy(
+        mask_pixels = self._to_model_device(
             np.stack([self._normalise(self._resize(m, Image.NEAREST)) for m in colour_masks])
         )
         self._state = self.model.encode_prompts(
-            pixels, mask_pixels, embedding_type=prompt_type, feature_ensemble=feature_ensemble
+            pixels,
+            mask_pixels,
+            embedding_type=prompt_type,
+            feature_ensemble=feature_ensemble,
+            on_block=on_block,
         )
         self._palette = palette
 
@@ -236,8 +249,12 @@ class SegGptPredictor:
         batch_size: int | None = None,
         contrast_limits: ContrastLimits = None,
         return_confidence: bool = False,
+        on_block: Callable[[int, int], None] | None = None,
     ) -> Iterator[tuple]:
         """Segment images batch by batch, yielding each result as soon as its batch is done.
+
+        ``on_block(done, total)`` is called after each encoder block of every batch; an
+        exception raised from it cancels (it propagates out of the iteration).
 
         Yields
         ------
@@ -254,10 +271,10 @@ class SegGptPredictor:
                 to_uint8_rgb(images[i], contrast_limits)
                 for i in range(start, min(start + size, count))
             ]
-            pixels = torch.from_numpy(
+            pixels = self._to_model_device(
                 np.stack([self._normalise(self._resize(c, Image.BICUBIC)) for c in chunk])
             )
-            painted = self.model(pixels, self._state)
+            painted = self.model(pixels, self._state, on_block=on_block)
             for offset, (image, colours) in enumerate(zip(chunk, painted, strict=True)):
                 labels, distance = self._decode(colours, image.shape[:2])
                 if return_confidence:
@@ -281,6 +298,15 @@ class SegGptPredictor:
         return max(1, 4 // prompts)
 
     # ------------------------------------------------------------------ helpers
+
+    def _to_model_device(self, array: np.ndarray) -> torch.Tensor:
+        """float32 array -> tensor on the model's device; on CUDA through pinned memory with a
+        non-blocking copy (the host does not wait for the transfer)."""
+        tensor = torch.from_numpy(array)
+        device = self.model.device
+        if device.type == "cuda":
+            return tensor.pin_memory().to(device, non_blocking=True)
+        return tensor.to(device)
 
     def _resize(self, image: np.ndarray, resample: int) -> np.ndarray:
         height, width = self.input_size
