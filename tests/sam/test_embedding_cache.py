@@ -262,3 +262,12 @@ def test_open_sam_session_with_cache_dir(tiny_sam_model, tmp_path):
         open_sam_session(None)
     with pytest.raises(ValueError, match="no model"):
         open_sam_session("  ")
+
+
+def test_scripting_load_session_takes_a_cache_dir(tiny_sam_model, tmp_path):
+    from napari_segany.scripting import load_session
+
+    session = load_session(tiny_sam_model, cache_dir=str(tmp_path))
+    assert session.cache.disk_dir == tmp_path
+    _segment(session)
+    assert len(list(tmp_path.glob("sam-embedding-*.safetensors"))) == 1
