@@ -32,6 +32,10 @@ PREVIEW_NAME = "SAM preview"
 POSITIVE_COLOR = "lime"
 NEGATIVE_COLOR = "red"
 
+PARTIAL_REFRESH_FRACTION = 16
+"""A preview change of more than 1/16 of the plane redraws the whole slice (cheaper than
+napari's per-pixel partial update); smaller changes redraw only their region."""
+
 ROLE_KEY = "napari_segany_role"
 """Layer metadata key telling other widgets what a layer is for."""
 INTERNAL_ROLE = "sam internal"
@@ -254,10 +258,15 @@ class SamPromptLayers:
             crop[painted] = i % 254 + 1
         old = np.asarray(layer.data[key + region])
         changed = crop != old
-        if changed.any():
+        n_changed = int(np.count_nonzero(changed))
+        plane_pixels = int(np.prod(layer.data.shape[-2:]))
+        if n_changed > plane_pixels // PARTIAL_REFRESH_FRACTION:
+            layer.data[key + region] = crop  # large change: one full redraw is cheaper
+            layer.refresh()
+        elif n_changed:
             rows, cols = np.nonzero(changed)
             fill = [np.full(rows.size, i, dtype=np.intp) for i in key]
-            layer.data_setitem(
+            layer.data_setitem(  # redraws only the changed region
                 (*fill, rows + region[0].start, cols + region[1].start), crop[changed]
             )
             if hasattr(layer, "_reset_history"):
