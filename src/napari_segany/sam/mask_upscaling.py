@@ -121,7 +121,7 @@ def upscale_into(
         stop = min(row1, start + band)
         values = resize_bilinear_window(logits, size, (start, stop), (col0, col1))
         target = out[start:stop, col0:col1]
-        if as_mask:
+        if as_mask and target.device == values.device:
             torch.gt(values, threshold, out=target)
-        else:
-            target.copy_(values)
+        else:  # float output, or a GPU computation written into a CPU result
+            target.copy_(values > threshold if as_mask else values)
