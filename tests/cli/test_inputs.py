@@ -100,3 +100,25 @@ def test_slices_read_lazily_in_any_axis_order(tmp_path):
         np.testing.assert_array_equal(volume.read_slice((3,)), data[:, :, 3])
     finally:
         volume.close()
+
+
+def test_ome_zarr_axes_come_from_the_multiscales_metadata(tmp_path):
+    import zarr
+
+    from napari_segany.batch.inputs import InputSpec
+
+    root = zarr.open_group(str(tmp_path / "image.ome.zarr"), mode="w", zarr_format=2)
+    data = np.arange(2 * 3 * 8 * 9, dtype=np.uint16).reshape(2, 3, 8, 9)  # C, Z, Y, X
+    root.create_array("0", shape=data.shape, chunks=(1, 1, 8, 9), dtype="uint16")[:] = data
+    axes = [{"name": "c", "type": "channel"}] + [
+        {"name": n, "type": "space"} for n in ("z", "y", "x")
+    ]
+    root.attrs["multiscales"] = [{"version": "0.4", "axes": axes, "datasets": [{"path": "0"}]}]
+    specs, _ = discover_inputs([str(tmp_path / "image.ome.zarr")])
+    assert [s.name for s in specs] == ["image"]
+    with pytest.raises(InputError, match="--channel"):
+        open_volume(specs[0], AxisChoice())
+    for spec in (specs[0], InputSpec(str(tmp_path / "image.ome.zarr"), "zarr", "0")):
+        volume = open_volume(spec, AxisChoice(channel=1))
+        assert volume.label_shape == (3, 8, 9) and volume.spatial_chunks == (8, 9)
+        np.testing.assert_array_equal(volume.read_slice((2,)), data[1, 2])

@@ -91,17 +91,22 @@ def split_zarr_path(text: str) -> tuple[Path, str] | None:
     return None
 
 
+def _stem(path: Path) -> str:
+    """File name without its suffix, and without ``.ome`` (``cells.ome.tif`` -> ``cells``)."""
+    return path.stem.removesuffix(".ome")
+
+
 def _zarr_name(store: Path, array_path: str) -> str:
     extra = [p for p in array_path.split("/") if p and not p.isdigit()]
-    return "_".join([store.stem, *extra])
+    return "_".join([_stem(store), *extra])
 
 
 def _spec_for_file(path: Path, subfolder: str = "") -> InputSpec | None:
     suffix = path.suffix.lower()
     if suffix in TIFF_SUFFIXES:
-        return InputSpec(str(path), "tiff", name=path.stem, subfolder=subfolder)
+        return InputSpec(str(path), "tiff", name=_stem(path), subfolder=subfolder)
     if suffix in PLAIN_IMAGE_SUFFIXES:
-        return InputSpec(str(path), "image", name=path.stem, subfolder=subfolder)
+        return InputSpec(str(path), "image", name=_stem(path), subfolder=subfolder)
     return None
 
 
