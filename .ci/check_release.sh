@@ -14,6 +14,8 @@ python3 .ci/check_dist.py "$work/dist"
 python3 -m venv "$work/venv"
 # The CPU build of torch from the local wheel first, so the wheel's torch requirement pulls no CUDA.
 "$work/venv/bin/python" -m pip install -q torch==2.13.0
-"$work/venv/bin/python" -m pip install -q "$work"/dist/*.whl npe2
+# As a user installs it: the wheel with its `all` extra (napari, a Qt binding, the batch tools).
+wheel="$(ls "$work"/dist/*.whl)"
+"$work/venv/bin/python" -m pip install -q "${wheel}[all]" npe2
 cp .ci/smoke_test.py "$work/smoke_test.py"
-(cd "$work" && "$work/venv/bin/python" smoke_test.py)
+(cd "$work" && xvfb-run -a "$work/venv/bin/python" smoke_test.py)
