@@ -256,7 +256,7 @@ def architecture_from_state_dict(
                 state_dict["mask_decoder.iou_prediction_head.layers.0.weight"].shape[0]
             ),
         )
-    except (KeyError, ValueError, IndexError, TypeError) as exc:
+    except (KeyError, ValueError, IndexError, TypeError, ZeroDivisionError) as exc:
         raise CheckpointError(
             f"could not recognise the SAM architecture of {source or 'the checkpoint'} from its tensor "
             f"shapes ({type(exc).__name__}: {exc})"
