@@ -5,7 +5,12 @@ architecture, and its state dict is loaded into this package's model), so the co
 implementations, not checkpoints. Nothing is downloaded.
 
     python benchmarks/bench_sam.py                         # ViT-B, CPU, precision auto
+    python benchmarks/bench_sam.py --model slimsam-77 --profile   # + per-op tables (torch.profiler)
     python benchmarks/bench_sam.py --model sam-vit-h --device cuda --precision bf16 --repeats 20
+
+``--profile`` prints, after the timings, the per-operator self-time table of one embedding of
+each implementation (this one and transformers at the same precision). ``--compile`` also times
+``torch.compile`` of this image encoder: the warm-up (first call) and the steady state.
 
 "prompt -> mask" is one foreground click on a 1024 x 1024 image: prompt encoder, mask decoder and
 upscaling of the 3 multimask logits to full-size boolean masks (``SamPredictor.predict``); for
@@ -73,16 +78,21 @@ def synchronize(device: torch.device) -> None:
         torch.mps.synchronize()
 
 
-def timed(fn, device: torch.device, repeats: int, warmup: int = 1) -> list[float]:
+def timed(
+    fn, device: torch.device, repeats: int, warmup: int = 1, cpu_times: list[float] | None = None
+) -> list[float]:
+    """Wall seconds of ``repeats`` calls; the process CPU seconds of each go to ``cpu_times``."""
     for _ in range(warmup):
         fn()
     synchronize(device)
     times = []
     for _ in range(repeats):
-        start = time.perf_counter()
+        start, start_cpu = time.perf_counter(), time.process_time()
         fn()
         synchronize(device)
         times.append(time.perf_counter() - start)
+        if cpu_times is not None:
+            cpu_times.append(time.process_time() - start_cpu)
     return times
 
 
@@ -110,6 +120,20 @@ def main() -> None:
     parser.add_argument("--decoder-repeats", type=int, default=20, help="timed prompt -> mask runs")
     parser.add_argument(
         "--threads", type=int, default=0, help="torch CPU threads (0: torch default)"
+    )
+    parser.add_argument(
+        "--profile", action="store_true", help="print per-op tables of one embedding each"
+    )
+    parser.add_argument(
+        "--compile", action="store_true", help="also time torch.compile of the image encoder"
+    )
+    parser.add_argument(
+        "--skip-decoder", action="store_true", help="time the embedding only (no prompt -> mask)"
+    )
+    parser.add_argument(
+        "--compile-decoder",
+        action="store_true",
+        help="also time prompt -> mask with Sam.compile_decoder() (CUDA graphs on a GPU)",
     )
     args = parser.parse_args()
 
@@ -158,15 +182,21 @@ def main() -> None:
     ref_pixels = {d: pixels.to(d) for d in ref_dtypes}
     runs: dict[str, list[float]] = {"this": []}
     runs.update({f"transformers {DTYPE_NAMES[d]}": [] for d in ref_dtypes})
+    cpu_runs: dict[str, list[float]] = {name: [] for name in runs}
     with torch.inference_mode():
         ours.embed_image(pixels)
         for ref_dtype, model in references.items():
             model.get_image_embeddings(pixels.to(ref_dtype))
         for _ in range(args.repeats):
-            runs["this"] += timed(lambda: ours.embed_image(pixels), device, 1, 0)
+            runs["this"] += timed(lambda: ours.embed_image(pixels), device, 1, 0, cpu_runs["this"])
             for ref_dtype, model in references.items():
-                runs[f"transformers {DTYPE_NAMES[ref_dtype]}"] += timed(
-                    lambda m=model, x=ref_pixels[ref_dtype]: m.get_image_embeddings(x), device, 1, 0
+                name = f"transformers {DTYPE_NAMES[ref_dtype]}"
+                runs[name] += timed(
+                    lambda m=model, x=ref_pixels[ref_dtype]: m.get_image_embeddings(x),
+                    device,
+                    1,
+                    0,
+                    cpu_runs[name],
                 )
         for name, times in runs.items():
             print(
@@ -186,6 +216,19 @@ def main() -> None:
             print(
                 f"ratio this / {name}: {ratio:.3f} (medians), {paired:.3f} (median of paired runs)"
             )
+            if device.type == "cpu":
+                cpu_ratio = statistics.median(cpu_runs["this"]) / statistics.median(cpu_runs[name])
+                print(
+                    f"ratio this / {name} in process CPU time: {cpu_ratio:.3f} (medians; "
+                    f"{statistics.median(cpu_runs['this']):.2f} s vs "
+                    f"{statistics.median(cpu_runs[name]):.2f} s)"
+                )
+    if args.compile:
+        _time_compiled(ours, pixels, device, args.repeats, references.get(dtype))
+    if args.profile:
+        _print_profiles(ours, pixels, references.get(dtype), dtype)
+    if args.skip_decoder:
+        return
 
     # prompt -> mask on a full-size image
     predictor = SamPredictor(ours)
@@ -204,6 +247,38 @@ def main() -> None:
     print(
         f"prompt->mask this ({DTYPE_NAMES[dtype]}):        {summary(t_pred)}  -> masks {image.shape[:2]}"
     )
+
+    def shown_mask():
+        """What the widget does per click: decode low-res, upscale only the best candidate
+        within its bounding window."""
+        _, scores, low_res = predictor.predict(
+            point_coords=point, point_labels=label, return_low_res_only=True
+        )
+        return predictor.upscale_mask(low_res, int(np.argmax(scores)), crop=True)
+
+    t_shown = None
+    if "return_low_res_only" in SamPredictor.predict.__code__.co_varnames:
+        t_shown = timed(shown_mask, device, args.decoder_repeats, 3)
+        print(
+            f"prompt->shown mask this ({DTYPE_NAMES[dtype]}):  {summary(t_shown)}  (best candidate only, cropped)"
+        )
+    if args.compile_decoder:
+        ours.compile_decoder()
+        start = time.perf_counter()
+        predictor.predict(point_coords=point, point_labels=label)
+        synchronize(device)
+        print(f"compiled decoder warm-up: {time.perf_counter() - start:.1f} s")
+        t_compiled = timed(
+            lambda: predictor.predict(point_coords=point, point_labels=label),
+            device,
+            args.decoder_repeats,
+            3,
+        )
+        print(f"prompt->mask this, compiled decoder: {summary(t_compiled)}")
+        if t_shown is not None:
+            t_shown_c = timed(shown_mask, device, args.decoder_repeats, 3)
+            print(f"prompt->shown mask, compiled decoder: {summary(t_shown_c)}")
+        ours.uncompile_decoder()
 
     if ref_dtypes:
         ref_dtype = ref_dtypes[-1]
@@ -225,6 +300,11 @@ def main() -> None:
         print(
             f"ratio prompt->mask this / transformers: {statistics.median(t_pred) / statistics.median(t_ref_pred):.3f}"
         )
+        if t_shown is not None:
+            print(
+                f"ratio prompt->shown mask this / transformers (decoder + upscaling of all masks): "
+                f"{statistics.median(t_shown) / statistics.median(t_ref_pred):.3f}"
+            )
     if device.type == "cpu":
         cores = os.cpu_count() or 1
         load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
@@ -234,6 +314,63 @@ def main() -> None:
             "core count, multi-threaded (OpenMP) runs of both implementations slow down erratically: "
             "compare runs from one invocation, or use --threads 1"
         )
+
+
+def _time_compiled(ours, pixels, device, repeats: int, reference) -> None:
+    """Warm-up and steady-state time of ``torch.compile`` of the image encoder, interleaved with
+    eager runs of this implementation and of transformers (when given) for the ratios."""
+    compiled = torch.compile(ours.image_encoder)
+    x = pixels.to(ours.dtype)
+    with torch.inference_mode():
+        start = time.perf_counter()
+        compiled(x)
+        synchronize(device)
+        warmup = time.perf_counter() - start
+        runs: dict[str, list[float]] = {"compiled": [], "eager": [], "transformers": []}
+        for _ in range(repeats):
+            runs["compiled"] += timed(lambda: compiled(x), device, 1, 0)
+            runs["eager"] += timed(lambda: ours.image_encoder(x), device, 1, 0)
+            if reference is not None:
+                runs["transformers"] += timed(
+                    lambda: reference.get_image_embeddings(x), device, 1, 0
+                )
+    eager, comp = statistics.median(runs["eager"]), statistics.median(runs["compiled"])
+    print(f"torch.compile warm-up (first call): {warmup:.1f} s")
+    print(f"embedding  this, compiled          : {summary(runs['compiled'])}")
+    print(f"embedding  this, eager             : {summary(runs['eager'])}")
+    print(
+        f"ratio compiled / eager: {comp / eager:.3f}; the warm-up pays off after "
+        f"{warmup / max(eager - comp, 1e-9):.0f} embeddings"
+        if comp < eager
+        else f"ratio compiled / eager: {comp / eager:.3f} (compiling does not pay)"
+    )
+    if runs["transformers"]:
+        print(
+            f"ratio compiled / transformers {DTYPE_NAMES[ours.dtype]}: "
+            f"{comp / statistics.median(runs['transformers']):.3f}"
+        )
+
+
+def _print_profiles(ours, pixels, reference, dtype, rows: int = 15) -> None:
+    """Per-operator self CPU (and CUDA) time of one embedding of each implementation."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU]
+    if pixels.device.type == "cuda":
+        activities.append(ProfilerActivity.CUDA)
+    sort = "self_cuda_time_total" if pixels.device.type == "cuda" else "self_cpu_time_total"
+    models = {"this": lambda: ours.embed_image(pixels)}
+    if reference is not None:
+        x = pixels.to(dtype)
+        models[f"transformers {DTYPE_NAMES[dtype]}"] = lambda: reference.get_image_embeddings(x)
+    with torch.inference_mode():
+        for name, fn in models.items():
+            fn()
+            with profile(activities=activities) as prof:
+                fn()
+                synchronize(pixels.device)
+            print(f"\nprofile of one embedding, {name}:")
+            print(prof.key_averages().table(sort_by=sort, row_limit=rows))
 
 
 def _state(predictor: SamPredictor, features: torch.Tensor, size: tuple[int, int]):

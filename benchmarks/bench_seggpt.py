@@ -15,11 +15,18 @@ python benchmarks/bench_seggpt.py                       # CPU, ours (auto) vs tr
 python benchmarks/bench_seggpt.py --precision fp32
 python benchmarks/bench_seggpt.py --device cuda --precision bf16 --batch-sizes 1 2 4 8 16
 python benchmarks/bench_seggpt.py --skip-reference --repeats 3
+python benchmarks/bench_seggpt.py --prompts 3 --profile   # ensemble cost + per-op tables
+
+On the CPU, ours and transformers run alternately (``--repeats`` rounds) so that the load of a
+shared machine hits both alike; ratios are of the medians and the median of paired runs.
+``--profile`` prints the per-operator self-time table of one per-target call of ours and of one
+transformers forward.
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 
 import torch
@@ -91,6 +98,7 @@ def main() -> None:
     )
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     parser.add_argument("--skip-reference", action="store_true", help="do not time transformers")
+    parser.add_argument("--profile", action="store_true", help="print per-op tables")
     args = parser.parse_args()
 
     if args.threads:
@@ -141,23 +149,51 @@ def main() -> None:
         )
 
     if reference is not None and device.type == "cpu":
+        # Interleaved rounds: ours per target, ours full call, transformers (CPU seconds).
+        rounds: dict[str, list[float]] = {"target": [], "full": [], "reference": []}
+        outputs = []
         with torch.inference_mode():
-            outputs = []
-            t_ref, c_ref = timed(
-                lambda: outputs.append(reference(target, prompt, mask)),
-                device,
-                args.repeats,
-                warmup=args.repeats > 1,
-            )
+            for _ in range(max(args.repeats, 1)):
+                rounds["target"].append(timed(lambda: ours(target, prompts), device, 1, False)[1])
+                rounds["full"].append(timed(ours_full, device, 1, False)[1])
+                rounds["reference"].append(
+                    timed(
+                        lambda: outputs.append(reference(target, prompt, mask)), device, 1, False
+                    )[1]
+                )
             expected = outputs[-1].pred_masks[:, :, half_h:]
         got = ours_full().float()
         err = (got - expected).abs().max().item()
-        print(f"transformers fp32, one forward:     {t_ref:.3f} s wall, {c_ref:.3f} s CPU")
+        medians = {name: statistics.median(values) for name, values in rounds.items()}
+        paired = {
+            name: statistics.median(
+                a / b for a, b in zip(rounds[name], rounds["reference"], strict=True)
+            )
+            for name in ("target", "full")
+        }
         print(
-            f"ratio ours/transformers, wall: full {t_full / t_ref:.3f}, per target {t_target / t_ref:.3f}; "
-            f"CPU time: full {c_full / c_ref:.3f}, per target {c_target / c_ref:.3f}"
+            f"transformers fp32, one forward:     {medians['reference']:.3f} s CPU "
+            f"(median of {len(rounds['reference'])}, interleaved with ours)"
+        )
+        print(
+            f"ratio ours/transformers fp32 (CPU time, medians): per target "
+            f"{medians['target'] / medians['reference']:.3f}, full {medians['full'] / medians['reference']:.3f}; "
+            f"median of paired runs: per target {paired['target']:.3f}, full {paired['full']:.3f}"
         )
         print(f"max |ours - transformers| on the painted target half: {err:.4f}")
+
+    if args.profile:
+        from torch.profiler import ProfilerActivity, profile
+
+        runs = {"ours, per target": lambda: ours(target, prompts)}
+        if reference is not None:
+            runs["transformers fp32"] = lambda: reference(target, prompt, mask)
+        with torch.inference_mode():
+            for name, fn in runs.items():
+                with profile(activities=[ProfilerActivity.CPU]) as prof:
+                    fn()
+                print(f"\nprofile, {name}:")
+                print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
 
     if device.type == "cuda" or len(args.batch_sizes) > 1 or args.batch_sizes != [1]:
         results = {}

@@ -92,9 +92,7 @@ def test_seggpt_callbacks_and_cancel():
     prompts = torch.randn(2, 3, 32, 32)
     masks = torch.randn(2, 3, 32, 32)
     prompt_calls: list[tuple[int, int]] = []
-    state = model.encode_prompts(
-        prompts, masks, on_block=lambda *args: prompt_calls.append(args)
-    )
+    state = model.encode_prompts(prompts, masks, on_block=lambda *args: prompt_calls.append(args))
     assert prompt_calls == [(1, 2), (2, 2)]  # mask stream up to and including merge block 1
     target = torch.randn(1, 3, 32, 32)
     calls: list[tuple[int, int]] = []

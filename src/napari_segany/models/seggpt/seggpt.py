@@ -133,9 +133,7 @@ class SegGpt(nn.Module):
             prompt_pixels, top=True, embedding_type=embedding_type
         )
         mask_tokens = self.embeddings.embed_mask_stream(prompt_masks, embedding_type=embedding_type)
-        mask_state = self.encoder.run_mask_stream(
-            mask_tokens, ensemble=ensemble, on_block=on_block
-        )
+        mask_state = self.encoder.run_mask_stream(mask_tokens, ensemble=ensemble, on_block=on_block)
         return SegGptPromptState(tokens, mask_state, embedding_type, ensemble)
 
     @torch.inference_mode()
