@@ -117,6 +117,13 @@ def run_once(config: str, images: Path, out: Path, model: Path, args) -> dict:
     return {"wall": wall, "record": record}
 
 
+def _load() -> str:
+    try:
+        return " ".join(f"{v:.1f}" for v in os.getloadavg())
+    except OSError:
+        return "n/a"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--counts", type=int, nargs="+", default=[4, 8, 16])
@@ -141,6 +148,7 @@ def main() -> None:
             f"{args.size}x{args.size} images, points_per_side={args.points_per_side}, "
             f"precision={args.precision}, {os.cpu_count()} CPUs (shared: other jobs may run)"
         )
+        print(f"load average at start: {_load()}")
         results: dict[tuple[int, str], list[dict]] = {}
         for count in args.counts:
             images = tmp / f"images{count}"
@@ -152,7 +160,7 @@ def main() -> None:
                     results.setdefault((count, config), []).append(run)
                     print(f"  {count:3d} images  {config:10s} {run['wall']:7.1f} s", flush=True)
 
-        print()
+        print(f"\nload average at end: {_load()} (above the CPU count: the machine was busy)")
         header = f"{'images':>6} {'config':10} {'wall s':>8} {'img/s':>7} {'vs serial-1t':>12}"
         print(header + f" {'peak RSS/worker MiB':>20} {'model loads':>12}")
         for count in args.counts:
