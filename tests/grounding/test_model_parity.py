@@ -140,3 +140,22 @@ def test_fp16_and_bf16_run(tiny_folder, tiny_loaded):
             out = loaded.model(pixels, ids)
         assert torch.isfinite(out.boxes).all()
         assert torch.isfinite(out.logits[..., : ids.shape[1]]).all()
+
+
+def test_cpu_embedding_bag_sampling_equals_grid_sample():
+    from napari_segany.models.grounding_dino.deformable_attention import (
+        deformable_attention_embedding_bag,
+        deformable_attention_grid_sample,
+    )
+
+    shapes = [(9, 13), (5, 7), (3, 4), (2, 2)]
+    total = sum(h * w for h, w in shapes)
+    generator = torch.Generator().manual_seed(4)
+    value = torch.randn(2, total, 4, 8, generator=generator)
+    # Locations also outside [0, 1] and exactly on pixel edges and centres.
+    locations = torch.rand(2, 11, 4, 4, 3, 2, generator=generator) * 1.4 - 0.2
+    locations[0, 0, 0, 0, 0] = torch.tensor([0.0, 0.5 / 9])
+    weights = torch.rand(2, 11, 4, 4, 3, generator=generator)
+    expected = deformable_attention_grid_sample(value, shapes, locations, weights)
+    ours = deformable_attention_embedding_bag(value, shapes, locations, weights)
+    torch.testing.assert_close(ours, expected, atol=1e-5, rtol=1e-5)

@@ -1,8 +1,11 @@
-"""Multi-scale deformable attention (Deformable DETR) in pure PyTorch with ``grid_sample``.
+"""Multi-scale deformable attention (Deformable DETR) in pure PyTorch.
 
 Each query looks at ``n_points`` learned sampling locations around its reference point on every
-feature level and mixes the bilinearly sampled values with learned weights. No custom kernel, so
-it runs on CPU, CUDA and MPS alike.
+feature level and mixes the bilinearly sampled values with learned weights. No custom kernel:
+``grid_sample`` on GPUs and MPS; on the CPU the same bilinear sampling written as one
+``embedding_bag`` (the four corner rows of every sample, weighted by bilinear × attention weight,
+summed per query and head), which never builds the per-point sampled values and is about twice
+as fast there. Both give ``grid_sample``'s ``align_corners=False``, zero-padding result.
 """
 
 from __future__ import annotations
@@ -34,8 +37,64 @@ def multi_scale_deformable_attention(
     Returns
     -------
     torch.Tensor
-        (B, Q, heads · head_dim).
+        (B, Q, heads · head_dim), float32 for float32 inputs.
     """
+    if value.device.type == "cpu":
+        return deformable_attention_embedding_bag(
+            value, spatial_shapes, sampling_locations, attention_weights
+        )
+    return deformable_attention_grid_sample(
+        value, spatial_shapes, sampling_locations, attention_weights
+    )
+
+
+def deformable_attention_embedding_bag(
+    value: torch.Tensor,
+    spatial_shapes: list[tuple[int, int]],
+    sampling_locations: torch.Tensor,
+    attention_weights: torch.Tensor,
+) -> torch.Tensor:
+    """:func:`multi_scale_deformable_attention` as one weighted ``embedding_bag`` (CPU path)."""
+    batch, total, heads, head_dim = value.shape
+    _, queries, _, levels, points, _ = sampling_locations.shape
+    device = value.device
+    sizes = torch.tensor(spatial_shapes, dtype=torch.long, device=device)  # (levels, 2) h, w
+    areas = sizes[:, 0] * sizes[:, 1]
+    starts = (torch.cumsum(areas, 0) - areas).view(1, 1, 1, levels, 1)
+    height = sizes[:, 0].view(1, 1, 1, levels, 1)
+    width = sizes[:, 1].view(1, 1, 1, levels, 1)
+    # Pixel coordinates with align_corners=False: location 0 is the left edge of pixel 0.
+    x = sampling_locations[..., 0].float() * width - 0.5
+    y = sampling_locations[..., 1].float() * height - 0.5
+    x0, y0 = x.floor(), y.floor()
+    fx, fy = x - x0, y - y0
+    x0, y0 = x0.long(), y0.long()
+    # First row of each (batch, head) block in the value table.
+    block = torch.arange(batch, device=device).view(batch, 1, 1, 1, 1) * heads
+    block = (block + torch.arange(heads, device=device).view(1, 1, heads, 1, 1)) * total
+    weight = attention_weights.float()
+    indices, weights = [], []
+    for dx, dy in ((0, 0), (1, 0), (0, 1), (1, 1)):
+        xi, yi = x0 + dx, y0 + dy
+        bilinear = (fx if dx else 1 - fx) * (fy if dy else 1 - fy)
+        inside = (xi >= 0) & (xi < width) & (yi >= 0) & (yi < height)
+        indices.append(torch.where(inside, block + starts + yi * width + xi, block))
+        weights.append(bilinear * weight * inside)
+    samples = levels * points * 4
+    indices = torch.stack(indices, -1).view(batch * queries * heads, samples)
+    weights = torch.stack(weights, -1).view(batch * queries * heads, samples)
+    table = value.float().permute(0, 2, 1, 3).reshape(batch * heads * total, head_dim)
+    out = F.embedding_bag(indices, table, per_sample_weights=weights, mode="sum")
+    return out.view(batch, queries, heads * head_dim)
+
+
+def deformable_attention_grid_sample(
+    value: torch.Tensor,
+    spatial_shapes: list[tuple[int, int]],
+    sampling_locations: torch.Tensor,
+    attention_weights: torch.Tensor,
+) -> torch.Tensor:
+    """:func:`multi_scale_deformable_attention` with ``grid_sample``, one call per level."""
     batch, _, heads, head_dim = value.shape
     _, queries, _, levels, points, _ = sampling_locations.shape
     per_level = value.split([h * w for h, w in spatial_shapes], dim=1)
