@@ -63,3 +63,18 @@ def test_empty_prompt_and_unknown_detector_are_usage_errors(tmp_path, tiny_sam_h
     model = ["--model", str(tiny_sam_hf_folder)]
     assert main(base + ["--prompt", " . "] + model) == 2
     assert main(base + ["--prompt", "cell.", "--detector", "no-such-detector"] + model) == 2
+
+
+def test_without_the_grounding_package_text_is_a_clear_usage_error(
+    tmp_path, tiny_sam_hf_folder, monkeypatch, capsys
+):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "napari_segany.grounding", None)  # import fails
+    (tmp_path / "x.png").write_bytes(b"")
+    code = main(
+        ["text", str(tmp_path / "x.png"), "-o", str(tmp_path / "out"), "--prompt", "cell."]
+        + ["--model", str(tiny_sam_hf_folder)]
+    )
+    assert code == 2
+    assert "Grounded SAM not available" in capsys.readouterr().err

@@ -37,7 +37,7 @@ class WorkerResources:
         How many times a model was loaded in this process (tests check it is once per worker).
     """
 
-    def __init__(self, *, max_models: int = 2, max_volumes: int = 8) -> None:
+    def __init__(self, *, max_models: int = 2, max_volumes: int = 4) -> None:
         self.max_models = max_models
         self.max_volumes = max_volumes
         self.loads = 0
