@@ -380,60 +380,73 @@ def _plan_item(
     except InputError as exc:
         record.status, record.error = "failed", str(exc)
         return state
+    planned = len(tasks)
     try:
-        record.slices = len(volume)
-        target = None
-        if options.out_dir is not None:
-            target = plan_output(
-                spec, options.out_dir, volume.label_shape, volume.layout.spatial_shape
-            )
-            record.output = str(target.path)
-            if _inputs_overlap(spec, target.path):
-                record.status = "failed"
-                record.error = f"{spec.label}: the output {target.path} would overwrite the input"
-                return state
-            if target.is_complete() and not options.overwrite:
-                record.status = "skipped"
-                earlier = previous.get(spec.label, {})
-                record.objects = earlier.get("objects")
-                return state
-            if options.overwrite:
-                target.discard()
-        state.target = target
-        done: dict[tuple[int, ...], dict[str, Any]] = {}
-        if target is not None and (target.is_stack or target.kind == "zarr"):
-            target.prepare_store(volume.spatial_chunks if spec.kind == "zarr" else None)
-            done = target.done_slices()
-        record.resumed_slices = len(done)
-        for info in done.values():
-            record.objects = (record.objects or 0) + int(info.get("objects", 0))
-            state.max_label = max(state.max_label, int(info.get("max_label", 0)))
-        try:
-            limits = options.contrast_limits
-            if limits is None and options.stack_contrast:
-                limits = stack_limits(volume)
-        except Exception as exc:
-            record.status = "failed"
-            record.error = f"{spec.label}: cannot read it ({_describe(exc)})"
-            return state
-        keys = [k for k in volume.keys() if k not in done]
-        shape = volume.layout.spatial_shape
-        boxes = operation.tiles(shape) if hasattr(operation, "tiles") else []
-        for key in keys:
-            if not boxes:
-                tasks.append(SliceTask(index, spec, options.axes, key, limits, target, operation))
-                continue
-            tile_limits = operation.tile_contrast_limits(_SliceView(volume, key), limits)
-            state.tiles[key] = _TiledSlice(key, shape, len(boxes), target, operation)
-            for box in boxes:
-                tile = TileTask(index, spec, options.axes, key, tuple(box), tile_limits, operation)
-                tasks.append(tile)
-        state.remaining = len(keys)
-        if not keys:
-            if target is not None and (target.is_stack or target.kind == "zarr"):
-                # Every slice finished earlier but the output was not finished: finish it now.
-                target.finish(state.max_label)
-            record.status = "done"
-        return state
+        _plan_opened_item(state, volume, operation, options, previous, tasks, index)
+    except Exception as exc:  # unreadable data, unwritable output: this input only
+        del tasks[planned:]
+        state.tiles.clear()
+        record.status = "failed"
+        record.error = f"{spec.label}: {_describe(exc)}"
     finally:
         volume.close()
+    return state
+
+
+def _plan_opened_item(
+    state: _ItemState,
+    volume: ImageVolume,
+    operation: Any,
+    options: BatchOptions,
+    previous: dict[str, dict[str, Any]],
+    tasks: list[SliceTask | TileTask],
+    index: int,
+) -> None:
+    """Output, resume state, contrast limits and tasks of one opened input (may raise)."""
+    spec, record = state.spec, state.record
+    record.slices = len(volume)
+    target = None
+    if options.out_dir is not None:
+        target = plan_output(spec, options.out_dir, volume.label_shape, volume.layout.spatial_shape)
+        record.output = str(target.path)
+        if _inputs_overlap(spec, target.path):
+            record.status = "failed"
+            record.error = f"{spec.label}: the output {target.path} would overwrite the input"
+            return
+        if target.is_complete() and not options.overwrite:
+            record.status = "skipped"
+            earlier = previous.get(spec.label, {})
+            record.objects = earlier.get("objects")
+            return
+        if options.overwrite:
+            target.discard()
+    state.target = target
+    done: dict[tuple[int, ...], dict[str, Any]] = {}
+    if target is not None and (target.is_stack or target.kind == "zarr"):
+        target.prepare_store(volume.spatial_chunks if spec.kind == "zarr" else None)
+        done = target.done_slices()
+    record.resumed_slices = len(done)
+    for info in done.values():
+        record.objects = (record.objects or 0) + int(info.get("objects", 0))
+        state.max_label = max(state.max_label, int(info.get("max_label", 0)))
+    limits = options.contrast_limits
+    if limits is None and options.stack_contrast:
+        limits = stack_limits(volume)
+    keys = [k for k in volume.keys() if k not in done]
+    shape = volume.layout.spatial_shape
+    boxes = operation.tiles(shape) if hasattr(operation, "tiles") else []
+    for key in keys:
+        if not boxes:
+            tasks.append(SliceTask(index, spec, options.axes, key, limits, target, operation))
+            continue
+        tile_limits = operation.tile_contrast_limits(_SliceView(volume, key), limits)
+        state.tiles[key] = _TiledSlice(key, shape, len(boxes), target, operation)
+        for box in boxes:
+            tile = TileTask(index, spec, options.axes, key, tuple(box), tile_limits, operation)
+            tasks.append(tile)
+    state.remaining = len(keys)
+    if not keys:
+        if target is not None and (target.is_stack or target.kind == "zarr"):
+            # Every slice finished earlier but the output was not finished: finish it now.
+            target.finish(state.max_label)
+        record.status = "done"
