@@ -55,6 +55,20 @@ def wrapped_label(text: str = "") -> Label:
     return label
 
 
+def find_docked(viewer: Any, widget_type: type) -> Any | None:
+    """The first widget of ``widget_type`` docked in ``viewer``'s window, or None.
+
+    Reads napari's dock wrappers (``Window._dock_widgets``, present in every napari this plugin
+    supports; the public ``dock_widgets`` mapping only exists from napari 0.6).
+    """
+    for dock in list(getattr(viewer.window, "_dock_widgets", {}).values()):
+        inner = dock.widget()
+        found = inner if isinstance(inner, widget_type) else inner.findChild(widget_type)
+        if found is not None:
+            return found
+    return None
+
+
 class DockForm(QWidget):
     """Scrolling form + sections + a fixed bottom bar.
 

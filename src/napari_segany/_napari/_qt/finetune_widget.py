@@ -24,9 +24,9 @@ from qtpy.QtGui import QColor, QPainter, QPen, QPixmap
 from qtpy.QtWidgets import QLabel, QTableWidget, QTableWidgetItem
 
 from napari_segany._napari._qt.background_task import BackgroundTask
-from napari_segany._napari._qt.dock_form import FORM_WIDTH, DockForm, wrapped_label
+from napari_segany._napari._qt.dock_form import FORM_WIDTH, DockForm, find_docked, wrapped_label
 from napari_segany._napari._qt.model_picker import ModelPicker
-from napari_segany._napari._qt.sam_widget import load_sam_model, sam_model_names
+from napari_segany._napari._qt.sam_widget import SamWidget, load_sam_model, sam_model_names
 
 if TYPE_CHECKING:
     import napari
@@ -313,11 +313,7 @@ class FinetuneWidget(DockForm):
         """The Segment Anything widget to switch: the one given, else one docked in the viewer."""
         if self._sam_widget is not None:
             return self._sam_widget
-        window = getattr(self.viewer, "window", None)
-        for widget in getattr(window, "dock_widgets", {}).values():
-            if hasattr(widget, "use_model_source"):
-                return widget
-        return None
+        return find_docked(self.viewer, SamWidget)
 
     def use_model(self, *_: Any) -> None:
         """Switch the Segment Anything widget to the fine-tuned model."""

@@ -32,7 +32,7 @@ from napari.utils.notifications import show_error, show_info, show_warning
 
 from napari_segany._napari import layer_io
 from napari_segany._napari._qt.background_task import BackgroundTask
-from napari_segany._napari._qt.dock_form import DockForm, wrapped_label
+from napari_segany._napari._qt.dock_form import DockForm, find_docked, wrapped_label
 from napari_segany._napari._qt.model_picker import ModelPicker
 from napari_segany._napari.sam_prompt_layers import INTERNAL_ROLE, SAM_OUTPUT_ROLE, role_of
 from napari_segany._napari.seggpt_layers import (
@@ -81,11 +81,9 @@ def _load_seggpt(source: str, device: str, precision: str) -> Any:
 
 def find_or_open_seggpt_widget(viewer: Any) -> SegGptWidget:
     """The SegGPT widget docked in ``viewer``, docking a new one if there is none."""
-    for dock in list(getattr(viewer.window, "_dock_widgets", {}).values()):
-        inner = dock.widget()
-        found = inner if isinstance(inner, SegGptWidget) else inner.findChild(SegGptWidget)
-        if found is not None:
-            return found
+    found = find_docked(viewer, SegGptWidget)
+    if found is not None:
+        return found
     widget = SegGptWidget(viewer)
     viewer.window.add_dock_widget(widget, name=WIDGET_NAME, area="right")
     return widget
