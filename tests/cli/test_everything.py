@@ -206,13 +206,12 @@ class _Interrupt(BaseException):
 
 
 def test_interrupted_stack_resumes_from_its_finished_slices(
-    tiny_sam_hf_folder, zarr_stack, tmp_path
+    tiny_sam_hf_folder, zarr_stack, tmp_path, monkeypatch
 ):
     import zarr
 
+    from napari_segany.batch import runner
     from napari_segany.batch.executors import SerialExecutor
-    from napari_segany.batch.operations import ModelSpec, SegmentEverything
-    from napari_segany.batch.runner import BatchOptions, run_batch
 
     path, data = zarr_stack
     reference = tmp_path / "reference"
@@ -226,23 +225,18 @@ def test_interrupted_stack_resumes_from_its_finished_slices(
                 if done == 2:
                     raise _Interrupt
 
-    out = tmp_path / "out"
-    operation = SegmentEverything(
-        ModelSpec(str(tiny_sam_hf_folder), "cpu", "fp32"),
-        generator_options=tuple(sorted(GENERATOR.items())),
-    )
-    with pytest.raises(_Interrupt):
-        run_batch(
-            "everything",
-            [str(path)],
-            operation,
-            BatchOptions(out, quiet=True),
-            parameters={},
-            model={},
-            executor=CrashAfterTwo(),
-        )
-    assert not zarr.open_array(out / "volume_labels.zarr").attrs.get("napari_segany_complete")
+    def crashing(**options):
+        return CrashAfterTwo(options.get("threads"))
 
+    def interrupted_run(out, extra=()):
+        with monkeypatch.context() as patch:
+            patch.setattr(runner, "make_executor", crashing)
+            with pytest.raises(_Interrupt):
+                main(args + ["-o", str(out), *extra])
+        assert not zarr.open_array(out / "volume_labels.zarr").attrs.get("napari_segany_complete")
+
+    out = tmp_path / "out"
+    interrupted_run(out)
     assert main(args + ["-o", str(out)]) == 0
     entry = read_record(out)["inputs"][0]
     assert entry["status"] == "done" and entry["resumed_slices"] == 2
@@ -251,6 +245,17 @@ def test_interrupted_stack_resumes_from_its_finished_slices(
         zarr.open_array(reference / "volume_labels.zarr")[:],
     )
     assert entry["objects"] == read_record(reference)["inputs"][0]["objects"]
+
+    # Slices made with other settings are not reused.
+    other = tmp_path / "other"
+    interrupted_run(other, ["--points-per-side", "5"])
+    assert main(args + ["-o", str(other)]) == 0
+    entry = read_record(other)["inputs"][0]
+    assert entry["status"] == "done" and entry["resumed_slices"] == 0
+    np.testing.assert_array_equal(
+        zarr.open_array(other / "volume_labels.zarr")[:],
+        zarr.open_array(reference / "volume_labels.zarr")[:],
+    )
 
 
 def test_missing_and_corrupt_inputs_are_named_and_the_others_finish(

@@ -120,25 +120,32 @@ class OutputTarget:
         if self.progress_dir.exists():
             shutil.rmtree(self.progress_dir)
 
-    def prepare_store(self, input_chunks: tuple[int, int] | None = None) -> None:
-        """Create the zarr store the slices are written into (kept when it already fits).
+    def prepare_store(
+        self, input_chunks: tuple[int, int] | None = None, *, fingerprint: str = ""
+    ) -> None:
+        """Create the zarr store the slices are written into.
 
-        uint32, one slice deep, chunked like the input's slices along (H, W).
+        uint32, one slice deep, chunked like the input's slices along (H, W). The store and the
+        slices finished in it are kept when it has the right shape and was started with the same
+        ``fingerprint`` (model and parameters); otherwise it is started afresh.
         """
         import zarr
 
         self.progress_dir.mkdir(parents=True, exist_ok=True)
         store = self.store_path
+        started = self.progress_dir / "parameters.json"
         if store.is_dir():
             try:
                 existing = zarr.open_array(store, mode="r")
-                if tuple(existing.shape) == self.label_shape:
+                same = json.loads(started.read_text()).get("fingerprint") == fingerprint
+                if tuple(existing.shape) == self.label_shape and same:
                     return
             except Exception:
                 pass
             shutil.rmtree(store)
-            for marker in self.progress_dir.glob("slice-*.json"):
-                marker.unlink()
+        for marker in self.progress_dir.glob("slice-*.json"):
+            marker.unlink()
+        atomic_write_text(started, json.dumps({"fingerprint": fingerprint}))
         chunks = (1,) * (len(self.label_shape) - 2) + tuple(input_chunks or self.slice_chunks)
         zarr.create_array(
             store=str(store),

@@ -13,6 +13,7 @@ its labels and the model) each. No labels travel back to the client.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sys
 from dataclasses import dataclass, field
@@ -421,17 +422,22 @@ def _plan_opened_item(
         if options.overwrite:
             target.discard()
     state.target = target
+    limits = options.contrast_limits
+    if limits is None and options.stack_contrast:
+        limits = stack_limits(volume)
     done: dict[tuple[int, ...], dict[str, Any]] = {}
     if target is not None and (target.is_stack or target.kind == "zarr"):
-        target.prepare_store(volume.spatial_chunks if spec.kind == "zarr" else None)
+        # Slices of an interrupted run are reused only if made by the same model and settings.
+        fingerprint = hashlib.blake2b(
+            repr((operation, options.axes, limits)).encode(), digest_size=16
+        ).hexdigest()
+        chunks = volume.spatial_chunks if spec.kind == "zarr" else None
+        target.prepare_store(chunks, fingerprint=fingerprint)
         done = target.done_slices()
     record.resumed_slices = len(done)
     for info in done.values():
         record.objects = (record.objects or 0) + int(info.get("objects", 0))
         state.max_label = max(state.max_label, int(info.get("max_label", 0)))
-    limits = options.contrast_limits
-    if limits is None and options.stack_contrast:
-        limits = stack_limits(volume)
     keys = [k for k in volume.keys() if k not in done]
     shape = volume.layout.spatial_shape
     boxes = operation.tiles(shape) if hasattr(operation, "tiles") else []
