@@ -98,3 +98,10 @@ def test_python_dash_m_runs_the_command_line():
     assert done.returncode == 0 and done.stdout.startswith("napari-segany ")
     usage = subprocess.run([sys.executable, "-m", "napari_segany"], capture_output=True, text=True)
     assert usage.returncode == 2 and "usage" in usage.stderr
+
+
+def test_a_missing_batch_dependency_is_named(monkeypatch, tmp_path, capsys):
+    monkeypatch.setitem(sys.modules, "zarr", None)  # as if the batch extra were not installed
+    (tmp_path / "x.png").write_bytes(b"")
+    assert main(["everything", str(tmp_path / "x.png"), "-o", str(tmp_path / "out")]) == 2
+    assert "napari-segany[batch]" in capsys.readouterr().err

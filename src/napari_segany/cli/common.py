@@ -141,6 +141,7 @@ def batch_options(args: argparse.Namespace, *, output: bool = True) -> Any:
     from napari_segany.batch.runner import BatchOptions
     from napari_segany.batch.volumes import AxisChoice
 
+    _require_batch_extra()
     if args.workers is not None or args.scheduler is not None:
         _require_dask()
     return BatchOptions(
@@ -154,6 +155,19 @@ def batch_options(args: argparse.Namespace, *, output: bool = True) -> Any:
         threads=args.threads,
         scheduler=args.scheduler,
     )
+
+
+def _require_batch_extra() -> None:
+    missing = []
+    for module in ("tifffile", "zarr", "tqdm"):
+        try:
+            __import__(module)
+        except ImportError:
+            missing.append(module)
+    if missing:
+        raise UsageError(
+            f"the command line needs {', '.join(missing)}: pip install 'napari-segany[batch]'"
+        )
 
 
 def _require_dask() -> None:
