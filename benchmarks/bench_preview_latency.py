@@ -58,9 +58,9 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def run(kind: str, clicks: int, size: int) -> None:
-    import napari
     from qtpy.QtWidgets import QApplication
 
+    import napari
     from napari_segany._napari._qt.sam_widget import SamWidget
     from napari_segany.sam.interactive_session import InteractiveSamSession
 
@@ -69,7 +69,7 @@ def run(kind: str, clicks: int, size: int) -> None:
     session.set_model(model, f"random-{kind}", "fp32")
     viewer = napari.Viewer(show=True)
     rng = np.random.default_rng(0)
-    image = viewer.add_image(rng.integers(0, 255, (size, size)).astype(np.uint8), name="img")
+    viewer.add_image(rng.integers(0, 255, (size, size)).astype(np.uint8), name="img")
     widget = SamWidget(viewer, session=session)
     viewer.window.add_dock_widget(widget, name="Segment Anything")
     widget.model_picker.set_custom_path(f"random-{kind}")

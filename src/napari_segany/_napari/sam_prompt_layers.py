@@ -229,13 +229,15 @@ class SamPromptLayers:
         self._draw(layer, tuple(int(i) for i in slice_index), [mask])
 
     def clear_preview(self, refresh: bool = True) -> None:
-        """Erase every slice the preview has drawn on."""
+        """Erase every slice the preview has drawn on (one redraw for all of them)."""
         layer = self.preview
-        if layer is None:
-            self._preview_boxes.clear()
+        boxes, self._preview_boxes = self._preview_boxes, {}
+        if layer is None or not boxes:
             return
-        for key in list(self._preview_boxes):
-            self._draw(layer, key, [])
+        for key, box in boxes.items():
+            layer.data[key + box] = 0
+        if refresh:
+            layer.refresh()
 
     def _draw(self, layer: Labels, key: tuple[int, ...], masks: Sequence[np.ndarray]) -> None:
         new_box = None

@@ -16,6 +16,7 @@ import numpy as np
 
 from napari_segany._napari import layer_io
 from napari_segany._napari._qt.background_task import BackgroundTask
+from napari_segany._napari._qt.chunked_write import prepare_chunks, write_in_chunks
 from napari_segany._napari.sam_layers import mask_edits, written_ids
 from napari_segany._napari.sam_prompt_layers import SamPromptLayers
 from napari_segany.sam.automatic import segment_everything_job
@@ -45,14 +46,14 @@ def edits_job(
     label_ids: Sequence[int],
     overwrite: bool,
     replace_label: int | None,
-) -> Generator[tuple[int, int], None, list[layer_io.PlaneEdit]]:
-    """Job: the crops a commit changes (:func:`~napari_segany._napari.sam_layers.mask_edits`)."""
+) -> Generator[tuple[int, int], None, tuple[list[layer_io.PlaneEdit], list[int], list]]:
+    """Job: the crops a commit changes, the ids it writes and the pieces to write them in."""
     yield 0, 1
     edits = mask_edits(
         labels_data, slice_key, masks, label_ids, overwrite=overwrite, replace_label=replace_label
     )
     yield 1, 1
-    return edits
+    return edits, written_ids(edits, label_ids), prepare_chunks(edits)
 
 
 def propagation_job(
@@ -61,7 +62,7 @@ def propagation_job(
     label: int,
     overwrite: bool,
     should_stop: Callable[[], bool],
-) -> Generator[PropagationStep, None, tuple[PropagationResult, list[layer_io.PlaneEdit]]]:
+) -> Generator[PropagationStep, None, tuple[PropagationResult, list[layer_io.PlaneEdit], list]]:
     """Job: run a propagation, then compute its writes (crops) in the same worker thread."""
     result = None
     while True:
@@ -76,7 +77,7 @@ def propagation_job(
     edits: list[layer_io.PlaneEdit] = []
     for key, mask in result.masks.items():
         edits += mask_edits(labels_data, key, [mask], [label], overwrite=overwrite)
-    return result, edits
+    return result, edits, prepare_chunks(edits)
 
 
 class SamStackActions:
@@ -127,12 +128,14 @@ class SamStackActions:
         layer_io.widen_for_label(labels, max(label_ids))
         args = (labels.data, slice_key, list(masks), list(label_ids), overwrite, replace_label)
 
-        def apply(edits: list[layer_io.PlaneEdit]) -> None:
+        def apply(prepared: tuple[list[layer_io.PlaneEdit], list[int], list]) -> None:
+            edits, ids, chunks = prepared
             if labels not in self.layers.viewer.layers:
                 self.set_status("commit cancelled: the output labels layer was removed")
                 return
-            undoable = layer_io.apply_edits(labels, edits)
-            on_written(written_ids(edits, label_ids), undoable)
+            write_in_chunks(
+                labels, edits, lambda undoable: on_written(ids, undoable), self.task, chunks
+            )
 
         if int(np.prod(labels.data.shape[-2:])) <= SYNC_COMMIT_PIXELS:
             from napari_segany.jobs import run_to_completion
@@ -209,8 +212,8 @@ class SamStackActions:
             if step.mask is not None and not removed():
                 self.layers.add_to_preview(image, step.key, step.mask)
 
-        def write(outcome: tuple[PropagationResult, list[layer_io.PlaneEdit]]) -> None:
-            result, edits = outcome
+        def write(outcome: tuple[PropagationResult, list[layer_io.PlaneEdit], list]) -> None:
+            result, edits, chunks = outcome
             if removed():
                 self.set_status("propagation stopped: the output labels layer was removed")
                 return
