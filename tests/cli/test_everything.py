@@ -317,6 +317,7 @@ def test_outputs_never_overwrite_inputs(tiny_sam_hf_folder, zarr_stack, tmp_path
         ["everything", "x.tif", "-o", "out", "--workers", "2", "--scheduler", "tcp://a:1"],
         ["everything", "x.tif", "-o", "out", "--model", "no-such-model"],
         ["everything", "x.tif", "-o", "out", "--precision", "fp8"],
+        ["everything", "x.tif", "-o", "out", "--tile-size", "200"],  # overlap 256
         ["frobnicate"],
     ],
 )

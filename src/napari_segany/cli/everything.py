@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from napari_segany.cli.common import (
+    UsageError,
     add_execution_arguments,
     add_input_arguments,
     add_model_arguments,
@@ -73,6 +74,10 @@ def run(args: argparse.Namespace) -> int:
     from napari_segany.batch.operations import SegmentEverything
     from napari_segany.batch.runner import run_batch
 
+    if args.tile_size and args.tile_size <= args.tile_overlap:
+        raise UsageError(
+            f"--tile-size {args.tile_size} must be larger than --tile-overlap {args.tile_overlap}"
+        )
     options = batch_options(args)
     generator = tuple((keyword, getattr(args, keyword)) for _, keyword, *_ in GENERATOR_OPTIONS)
     tile_size = args.tile_size or None
