@@ -52,6 +52,6 @@ def decoder_run(tiny_sam_model, disk_data):
         steps=400,
         val_images=images,
         val_labels=labels,
-        settings=FinetuneSettings(learning_rate=3e-3, patience=1000),
+        settings=FinetuneSettings(learning_rate=3e-3, patience=1000, training_precision="fp32"),
     )
     return before, result

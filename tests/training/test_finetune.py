@@ -117,3 +117,27 @@ def test_bfloat16_base_model_trains_in_float32_and_stays_bfloat16(
             torch.testing.assert_close(
                 decoder[key[len("mask_decoder.") :]].float(), value.to(torch.bfloat16).float()
             )
+
+
+@pytest.mark.slow
+def test_bfloat16_autocast_training_also_learns(tiny_sam_model, disk_data):
+    """The default on CPUs with native bfloat16 (training_precision="auto"): forward in bf16."""
+    images, labels, _, _ = disk_data
+    result = finetune_sam(
+        tiny_sam_model,
+        images,
+        labels,
+        steps=200,
+        val_images=images,
+        val_labels=labels,
+        settings=FinetuneSettings(learning_rate=3e-3, patience=1000, training_precision="bf16"),
+    )
+    history = np.asarray(result.history)
+    assert history[-40:].mean() < 0.85 * history[:40].mean()
+    assert result.metrics["after"]["box_iou"] > result.metrics["before"]["box_iou"] + 0.08
+    assert result.model.dtype == torch.float32  # weights stay in the model's dtype
+
+
+def test_unknown_training_precision_is_refused():
+    with pytest.raises(ValueError, match="training_precision"):
+        FinetuneSettings(training_precision="fp8")

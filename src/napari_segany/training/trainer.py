@@ -6,6 +6,7 @@ LoRA mode the last encoder block gets a float32 copy with adapters, and the neck
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 from collections.abc import Sequence
@@ -13,6 +14,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from napari_segany.models.precision import resolve_dtype
 from napari_segany.training.lora import add_lora, lora_state_dict
 from napari_segany.training.losses import mask_losses
 from napari_segany.training.prepared_tiles import (
@@ -49,6 +51,14 @@ class FinetuneTrainer:
             )
             self.neck = copy.deepcopy(model.image_encoder.neck).float().requires_grad_(False)
             params += [p for p in self.block.parameters() if p.requires_grad]
+        # Weights and optimiser state stay float32; only the forward pass may run in bfloat16.
+        self.device_type = model.device.type
+        self.autocast_dtype = None
+        if settings.training_precision == "bf16" or (
+            settings.training_precision == "auto"
+            and resolve_dtype("auto", model.device) == torch.bfloat16
+        ):
+            self.autocast_dtype = torch.bfloat16
         self.optimizer = torch.optim.AdamW(
             params, lr=settings.learning_rate, weight_decay=settings.weight_decay
         )
@@ -82,14 +92,23 @@ class FinetuneTrainer:
             box_jitter=s.box_jitter,
             negative_probability=0.0 if kind == "correction" else s.negative_point_probability,
         )
-        features = self.features(tile)
-        mask_input = None
-        if kind == "correction":
-            with torch.no_grad():
-                logits, iou = self.decode(features.detach(), batch)
-            batch, mask_input = add_correction_clicks(batch, logits, iou, self.image_size)
-        logits, iou = self.decode(features, batch, mask_input)
+        with self.autocast():
+            features = self.features(tile)
+            mask_input = None
+            if kind == "correction":
+                with torch.no_grad():
+                    logits, iou = self.decode(features.detach(), batch)
+                batch, mask_input = add_correction_clicks(
+                    batch, logits.float(), iou.float(), self.image_size
+                )
+            logits, iou = self.decode(features, batch, mask_input)
         return mask_losses(logits, iou, batch.target, batch.region, iou_weight=s.iou_loss_weight)
+
+    def autocast(self):
+        """bfloat16 autocast of the training forward pass, or nothing (float32)."""
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device_type, dtype=self.autocast_dtype)
 
     def changed(self) -> dict[str, torch.Tensor]:
         state = {
