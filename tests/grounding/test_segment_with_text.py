@@ -48,11 +48,8 @@ def test_boxes_become_labelled_objects(detector, tiny_sam_model, image):
     iou = pairwise_box_iou(boxes, boxes).fill_diagonal_(0)
     assert (iou <= 0.8).all(), "duplicates survived NMS"
     for obj in result.objects:
-        assert obj.phrase and set(re.findall(r"[\w\[\]]+", obj.phrase)) <= {
-            "cell",
-            "nucleus",
-            "[SEP]",
-        }
+        assert obj.phrase and set(re.findall(r"[\w\[\]]+", obj.phrase)) <= {"cell", "nucleus"}
+        assert not obj.phrase.endswith(".")
         assert 0.0 <= obj.score <= 1.0
         x0, y0, x1, y1 = obj.box
         assert 0 <= x0 <= x1 <= image.shape[1] and 0 <= y0 <= y1 <= image.shape[0]

@@ -28,6 +28,7 @@ from napari_segany._napari.layer_io import (
     read_slice,
 )
 from napari_segany._napari.sam_layers import check_image_layer, write_masks
+from napari_segany.grounding.detector import clean_phrase
 from napari_segany.sam.coordinates import corners_to_sam_box, xy_to_rowcol
 
 if TYPE_CHECKING:
@@ -127,7 +128,7 @@ def add_detections_to_shapes(
     count = len(features)
     phrases = list(features["phrase"]) if "phrase" in features.columns else [""] * count
     scores = list(features["score"]) if "score" in features.columns else [np.nan] * count
-    phrases[before:] = list(detections.phrases)
+    phrases[before:] = [clean_phrase(p) for p in detections.phrases]
     scores[before:] = [float(v) for v in detections.scores]
     features["phrase"] = pd.Series(phrases, dtype=object, index=features.index)
     features["score"] = pd.Series(scores, dtype=float, index=features.index)

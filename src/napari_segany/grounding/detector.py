@@ -24,7 +24,9 @@ class Detections:
     scores
         (N,) float32 in [0, 1]: the best token probability of each box.
     phrases
-        N strings: the prompt words whose probability passed ``text_threshold`` for each box.
+        N strings: the prompt tokens whose probability passed ``text_threshold`` for each box,
+        decoded as the reference post-processing does (delimiters included; see
+        :func:`clean_phrase` for display).
     image_size
         (H, W) of the image.
     """
@@ -43,6 +45,13 @@ class Detections:
         return Detections(
             self.boxes[keep], self.scores[keep], [self.phrases[i] for i in keep], self.image_size
         )
+
+
+def clean_phrase(phrase: str) -> str:
+    """A phrase for display: without [CLS]/[SEP]/[PAD] tokens and the final "."."""
+    for token in ("[CLS]", "[SEP]", "[PAD]"):
+        phrase = phrase.replace(token, " ")
+    return " ".join(phrase.split()).strip(" .")
 
 
 class GroundingDinoDetector:

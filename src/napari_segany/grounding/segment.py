@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from napari_segany.grounding.detector import Detections, GroundingDinoDetector
+from napari_segany.grounding.detector import Detections, GroundingDinoDetector, clean_phrase
 from napari_segany.image_conversion import to_uint8_rgb
 from napari_segany.sam.box_nms import non_maximum_suppression
 from napari_segany.sam.mask_records import MaskCandidates, paint_labels
@@ -26,7 +26,7 @@ class TextObject:
     label
         Its id in :attr:`TextSegmentation.labels`.
     phrase
-        The prompt words its box matched.
+        The prompt words its box matched (delimiters and the final "." removed).
     score
         The detector's confidence of its box.
     box
@@ -148,7 +148,7 @@ def segment_with_text(
     objects = [
         TextObject(
             label=label,
-            phrase=found.phrases[index],
+            phrase=clean_phrase(found.phrases[index]),
             score=float(found.scores[index]),
             box=tuple(float(v) for v in found.boxes[index]),
         )

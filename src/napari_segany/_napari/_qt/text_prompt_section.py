@@ -30,6 +30,7 @@ from napari_segany._napari.text_layers import (
     text_boxes_on_slice,
     write_text_objects,
 )
+from napari_segany.grounding.detector import clean_phrase
 
 if TYPE_CHECKING:
     from napari_segany._napari._qt.sam_widget import SamWidget
@@ -191,7 +192,7 @@ class TextPromptSection(Container):
             shapes = self.widget.shapes_layer
         add_detections_to_shapes(shapes, image_layer, slice_index, found)
         counts: dict[str, int] = {}
-        for phrase in found.phrases:
+        for phrase in map(clean_phrase, found.phrases):
             counts[phrase] = counts.get(phrase, 0) + 1
         summary = ", ".join(f"{p or '?'} ({n})" for p, n in counts.items())
         self._set_message(f"found {len(found)} box(es): {summary}; edit them, then commit")
