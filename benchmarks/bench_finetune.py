@@ -66,7 +66,9 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def run_config(name: str, mode: str, objects: int, repeats: int, precision: str) -> dict:
+def run_config(
+    name: str, mode: str, objects: int, repeats: int, precision: str, training_precision: str
+) -> dict:
     """One configuration, in this process: step times (ours, reference) and peak RSS."""
     from napari_segany.sam import SamPredictor
     from napari_segany.training.prepared_tiles import prepare_tile
@@ -83,7 +85,9 @@ def run_config(name: str, mode: str, objects: int, repeats: int, precision: str)
     prepared = prepare_tile(predictor, tile, rng, keep_tokens=mode == "lora")
     embed_s = time.perf_counter() - t0
     rss_after_embedding = peak_rss_mb()
-    settings = FinetuneSettings(mode=mode, objects_per_step=objects)
+    settings = FinetuneSettings(
+        mode=mode, objects_per_step=objects, training_precision=training_precision
+    )
     trainer = FinetuneTrainer(model, settings)
     kinds = ["box", "point", "correction"]
 
@@ -115,6 +119,7 @@ def run_config(name: str, mode: str, objects: int, repeats: int, precision: str)
         "mode": mode,
         "objects": objects,
         "precision": precision,
+        "training_forward": "bf16 autocast" if trainer.autocast_dtype else "fp32",
         "threads": torch.get_num_threads(),
         "embedding_s": round(embed_s, 3),
         "step_s": round(ours_s, 4),
@@ -125,7 +130,7 @@ def run_config(name: str, mode: str, objects: int, repeats: int, precision: str)
     }
 
 
-def end_to_end(tiles: int, steps: int, precision: str) -> dict:
+def end_to_end(tiles: int, steps: int, precision: str, training_precision: str) -> dict:
     """finetune_sam on ``tiles`` ViT-B tiles (one image each), ``steps`` steps, 2 held out."""
     from napari_segany.training import FinetuneSettings, finetune_sam
 
@@ -139,7 +144,7 @@ def end_to_end(tiles: int, steps: int, precision: str) -> dict:
         steps=steps,
         val_images=[d[0] for d in data[tiles:]],
         val_labels=[d[1] for d in data[tiles:]],
-        settings=FinetuneSettings(patience=10_000),
+        settings=FinetuneSettings(patience=10_000, training_precision=training_precision),
     )
     total = time.perf_counter() - start
     return {
@@ -147,6 +152,7 @@ def end_to_end(tiles: int, steps: int, precision: str) -> dict:
         "tiles": tiles,
         "steps": result.steps_done,
         "precision": precision,
+        "training_precision": training_precision,
         "threads": torch.get_num_threads(),
         "total_s": round(total, 1),
         **{k: round(v, 2) for k, v in result.timings.items()},
@@ -161,6 +167,7 @@ def main() -> None:
     parser.add_argument("--objects", nargs="+", type=int, default=[8, 16])
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--precision", default="fp32")
+    parser.add_argument("--training-precision", default="auto", choices=("auto", "fp32", "bf16"))
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--end-to-end", type=int, default=0, metavar="TILES")
     parser.add_argument("--e2e-steps", type=int, default=200)
@@ -172,28 +179,37 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     if args.one:
         name, mode, objects = args.one
-        print(json.dumps(run_config(name, mode, int(objects), args.repeats, args.precision)))
+        row = run_config(
+            name, mode, int(objects), args.repeats, args.precision, args.training_precision
+        )
+        print(json.dumps(row))
         return
     if args.end_to_end:
-        print(json.dumps(end_to_end(args.end_to_end, args.e2e_steps, args.precision)))
+        row = end_to_end(args.end_to_end, args.e2e_steps, args.precision, args.training_precision)
+        print(json.dumps(row))
         return
     header = (
-        f"{'model':<11} {'mode':<8} {'obj':>3} {'embed s':>8} {'step s':>8} {'ref step s':>10} "
-        f"{'ours/ref':>8} {'peak RSS MB':>11}"
+        f"{'model':<11} {'mode':<8} {'obj':>3} {'forward':<13} {'embed s':>8} {'step s':>8} "
+        f"{'ref step s':>10} {'ours/ref':>8} {'peak RSS MB':>11}"
     )
-    print(f"torch {torch.__version__}, precision {args.precision}, CPU")
+    print(
+        f"torch {torch.__version__}, model precision {args.precision}, training forward "
+        f"{args.training_precision}, CPU, {args.threads or torch.get_num_threads()} thread(s)"
+    )
     print(header)
     for name in args.models:
         for mode in args.modes:
             for objects in args.objects:
                 command = [sys.executable, __file__, "--one", name, mode, str(objects)]
                 command += ["--repeats", str(args.repeats), "--precision", args.precision]
+                command += ["--training-precision", args.training_precision]
                 if args.threads:
                     command += ["--threads", str(args.threads)]
                 out = subprocess.run(command, capture_output=True, text=True, check=True)
                 row = json.loads(out.stdout.strip().splitlines()[-1])
                 print(
-                    f"{name:<11} {mode:<8} {objects:>3} {row['embedding_s']:>8.2f} "
+                    f"{name:<11} {mode:<8} {objects:>3} {row['training_forward']:<13} "
+                    f"{row['embedding_s']:>8.2f} "
                     f"{row['step_s']:>8.3f} {row['reference_step_s']:>10.2f} "
                     f"{row['ratio_ours_over_reference']:>8.3f} {row['peak_rss_mb']:>11.0f}",
                     flush=True,
