@@ -69,3 +69,25 @@ def test_mismatched_prompts_are_a_usage_error(tiny_seggpt_hf_folder, painted_exa
     Image.fromarray(np.zeros((5, 5), np.uint8)).save(tmp_path / "x.png")
     assert main(base + wrong_shape + model) == 2
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_two_workers_give_the_single_process_labels(
+    tiny_seggpt_hf_folder, painted_example, tmp_path
+):
+    pytest.importorskip("distributed")
+    import tifffile
+
+    image_path, labels_path, *_ = painted_example
+    stack = np.stack([blobs((36, 44), 80 + i) for i in range(4)])
+    tifffile.imwrite(tmp_path / "stack.tif", stack, photometric="minisblack")
+    common = ["seggpt", str(tmp_path / "stack.tif")]
+    common += ["--prompt-image", str(image_path), "--prompt-labels", str(labels_path)]
+    common += ["--model", str(tiny_seggpt_hf_folder), "--precision", "fp32", "--device", "cpu"]
+    common += ["-q"]
+    assert main(common + ["-o", str(tmp_path / "single"), "--threads", "1"]) == 0
+    assert main(common + ["-o", str(tmp_path / "parallel"), "--workers", "2"]) == 0
+    np.testing.assert_array_equal(
+        tifffile.imread(tmp_path / "parallel" / "stack_labels.tif"),
+        tifffile.imread(tmp_path / "single" / "stack_labels.tif"),
+    )
