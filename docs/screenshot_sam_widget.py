@@ -76,7 +76,7 @@ def _screenshot(args: argparse.Namespace) -> Path:
     import napari
     from qtpy.QtWidgets import QApplication
 
-    from napari_segany._napari.sam_widget import SamWidget
+    from napari_segany._napari._qt.sam_widget import SamWidget
     from napari_segany._napari.sample_data import make_sample_stack
 
     [(stack, kwargs, _)] = make_sample_stack()

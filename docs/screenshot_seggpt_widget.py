@@ -55,7 +55,7 @@ def _screenshot(args: argparse.Namespace) -> Path:
     from qtpy.QtWidgets import QApplication
 
     from napari_segany._napari.sample_data import blobs_stack, make_sample_stack
-    from napari_segany._napari.seggpt_widget import SegGptWidget
+    from napari_segany._napari._qt.seggpt_widget import SegGptWidget
 
     [(stack, kwargs, _)] = make_sample_stack()
     _, truth = blobs_stack()
