@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None) -> Path:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--detector", help="Grounding DINO source; default: tiny random weights")
     parser.add_argument("--sam", help="SAM source; default: tiny random weights")
-    parser.add_argument("--text", default="blob. bright spot.")
+    parser.add_argument("--text", default="blob.")
     parser.add_argument("--out", default=str(ROOT / "docs" / "grounding_widget.png"))
     args = parser.parse_args(argv)
 
