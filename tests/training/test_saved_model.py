@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -46,7 +47,7 @@ def test_saved_folder_holds_only_the_changes_and_a_sidecar(saved_folder, decoder
     assert all(k.startswith("mask_decoder.") for k in weights)
     sidecar = read_sidecar(saved_folder)
     assert sidecar["mode"] == "decoder"
-    assert sidecar["base"]["source"] == result.base_model.name
+    assert sidecar["base"]["source"] == str(Path(result.base_model.name).resolve())
     assert len(sidecar["base"]["fingerprint"]) == 64
     assert sidecar["labels"] == {"image_layer": "disks", "slices": [0, 1, 2, 3]}
     assert sidecar["metrics"]["after"]["box_iou"] == pytest.approx(

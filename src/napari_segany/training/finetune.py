@@ -105,10 +105,10 @@ class FinetuneResult:
             }
         return {
             "name": self.model.name,
-            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),  # noqa: UP017 (Python 3.10)
             "mode": self.settings.mode,
             "base": {
-                "source": str(base.name),
+                "source": _absolute_if_path(str(base.name)),
                 "fingerprint": base_fingerprint(base),
                 "architecture": asdict(architecture) if architecture is not None else None,
                 "dtype_at_training": str(base.dtype),
@@ -137,6 +137,14 @@ class FinetuneResult:
     def export_merged(self, path):
         """Write the full fine-tuned model in the original SAM ``.pth`` layout."""
         return export_merged_checkpoint(self.model, path)
+
+
+def _absolute_if_path(source: str) -> str:
+    """A base model's source as recorded: paths made absolute, registry names and ids kept."""
+    from pathlib import Path
+
+    path = Path(source).expanduser()
+    return str(path.resolve()) if path.exists() else source
 
 
 def finetune_sam(
