@@ -126,3 +126,21 @@ def test_tiny_config_matches_transformers_default():
 
     config = GroundingDinoConfig.from_hub_dict(Reference().to_dict())
     assert config == grounding_dino_tiny_config()
+
+
+def test_original_file_without_tokenizer_offline_says_how(monkeypatch, tmp_path, tiny_loaded):
+    import huggingface_hub.constants as hub_constants
+
+    monkeypatch.setattr(hub_constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    state = to_original_layout(
+        tiny_loaded.model.state_dict(), tiny_loaded.model.config.decoder_layers
+    )
+    path = tmp_path / "alone" / "groundingdino_swint_ogc.pth"
+    path.parent.mkdir()
+    torch.save({"model": state}, path)
+    with pytest.raises(WeightsUnavailableError, match="tokenizer"):
+        load_grounding_dino(path)
+    write_vocab(tmp_path / "vocab.txt")
+    loaded = load_grounding_dino(path, precision="fp32", tokenizer=tmp_path)
+    assert loaded.tokenizer.delimiter_token_ids == (101, 102, 1012, 1029)

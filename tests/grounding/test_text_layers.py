@@ -58,8 +58,13 @@ def test_segment_layer_with_text_writes_labels_and_features(tiny_loaded, tiny_sa
 
     image = Image(_stack(), name="cells")
     labels = segment_layer_with_text(
-        image, "cell. nucleus.", detector=GroundingDinoDetector(tiny_loaded),
-        sam=tiny_sam_model, box_threshold=0.0, text_threshold=0.0, max_objects=3,
+        image,
+        "cell. nucleus.",
+        detector=GroundingDinoDetector(tiny_loaded),
+        sam=tiny_sam_model,
+        box_threshold=0.0,
+        text_threshold=0.0,
+        max_objects=3,
     )
     assert labels.data.shape == image.data.shape
     present = sorted(int(v) for v in np.unique(labels.data) if v)

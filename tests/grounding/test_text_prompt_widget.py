@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 pytest.importorskip("qtpy")
+pytestmark = pytest.mark.slow  # a viewer and two tiny models per test (about 20 s each here)
 
 WAIT_MS = 120_000
 

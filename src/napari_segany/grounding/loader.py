@@ -105,14 +105,14 @@ def load_grounding_dino(
     path = Path(text).expanduser()
     if text in GROUNDING_DINO_MODELS:
         variant = GROUNDING_DINO_MODELS[text]
-        folder = checkpoints.download_from_hub(variant.hub_repo, ("config.json", *_hub_tokenizer()))
+        folder = _download_with_tokenizer(variant.hub_repo)
         return _load_folder(folder, dev, dtype, name=text, tokenizer=tokenizer)
     if path.is_dir():
         return _load_folder(path, dev, dtype, name=str(path), tokenizer=tokenizer)
     if path.is_file():
         return _load_original_file(path, dev, dtype, tokenizer=tokenizer)
     if text.count("/") == 1 and not text.startswith((".", "/", "~")):
-        folder = checkpoints.download_from_hub(text, ("config.json", *_hub_tokenizer()))
+        folder = _download_with_tokenizer(text)
         return _load_folder(folder, dev, dtype, name=text, tokenizer=tokenizer)
     raise FileNotFoundError(
         f"{text!r} is not a registry name ({', '.join(GROUNDING_DINO_MODELS)}), an existing file "
@@ -120,8 +120,40 @@ def load_grounding_dino(
     )
 
 
-def _hub_tokenizer() -> tuple[str, ...]:
-    return ("tokenizer.json", "tokenizer_config.json", "preprocessor_config.json")
+def _download_with_tokenizer(repo_id: str) -> Path:
+    """Weights, config and tokenizer of a hub repo in the transformers layout (cached once)."""
+    folder = checkpoints.download_from_hub(repo_id, ("config.json",))
+    _download_tokenizer(repo_id)
+    return folder
+
+
+def _download_tokenizer(repo_id: str) -> Path:
+    """Only the tokenizer files of a hub repo: ``tokenizer.json``, else ``vocab.txt``.
+
+    ``tokenizer_config.json`` and ``preprocessor_config.json`` come along when the repo has
+    them. Returns the snapshot folder.
+    """
+    folder = None
+    for name in (
+        "tokenizer.json",
+        "vocab.txt",
+        "tokenizer_config.json",
+        "preprocessor_config.json",
+    ):
+        if name == "vocab.txt" and folder is not None:
+            continue
+        try:
+            path = checkpoints.download_from_hub(repo_id, single_file=name)
+        except checkpoints.WeightsUnavailableError:
+            continue
+        if name in ("tokenizer.json", "vocab.txt"):
+            folder = path.parent
+    if folder is None:
+        raise checkpoints.WeightsUnavailableError(
+            f"could not get tokenizer.json or vocab.txt of hub repo {repo_id!r} (not in the local "
+            f"Hugging Face cache and not downloadable); pass a folder with one as tokenizer="
+        )
+    return folder
 
 
 def build_grounding_dino(
@@ -173,7 +205,7 @@ def _load_original_file(path: Path, device, dtype, *, tokenizer) -> LoadedGround
             tokenizer = here
         else:
             variant = GROUNDING_DINO_MODELS["grounding-dino-tiny"]
-            tokenizer = checkpoints.download_from_hub(variant.hub_repo, _hub_tokenizer())
+            tokenizer = _download_tokenizer(variant.hub_repo)
     text_tokenizer = GroundingDinoTokenizer.from_folder(tokenizer)
     model = build_grounding_dino(
         config,
