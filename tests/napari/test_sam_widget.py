@@ -423,7 +423,7 @@ def test_background_task_progress_errors_and_cancel(qtbot):
     assert seen["aborted"] == 1 and seen["returned"] == ["done"]
 
 
-def test_quick_prompt_changes_are_debounced_into_one_decode(
+def test_quick_prompt_changes_are_coalesced_into_at_most_two_decodes(
     make_napari_viewer, qtbot, tiny_sam_hf_folder
 ):
     viewer = make_napari_viewer()
@@ -437,7 +437,7 @@ def test_quick_prompt_changes_are_debounced_into_one_decode(
     for r, c in [(10, 10), (12, 20), (20, 12), (25, 25)]:
         add_point(widget, image, (r, c))
     wait_for_preview(qtbot, widget)
-    assert len(calls) == 1
+    assert 1 <= len(calls) <= 2  # the leading edge, then one decode of the latest prompts
     assert len(widget._shown.prompts.points_rc) == 5
 
 

@@ -1,7 +1,8 @@
 """When to decode the preview: on the leading edge of a burst of prompt edits, then coalesced.
 
-The first change of a burst is decoded at once (after the events of the same event-loop turn
-arrive: a zero-delay timer, no fixed debounce). While that decode runs in a worker thread, later
+The first prompt change of a burst is decoded at once, from the event handler of the change itself
+(no debounce, and before the canvas repaints for the new prompt); other changes (slice, form) on
+the next event-loop turn. While that decode runs in a worker thread, later
 changes only mark the controller *dirty*; when the decode ends, one more round reads the prompts
 as they are *now*. So a burst of edits costs at most two decodes and the preview always ends on
 the latest prompts. A result whose version is older than the latest change is never shown.
@@ -68,13 +69,20 @@ class PreviewController(QObject):
         """A decode is running or an update is scheduled."""
         return self.busy or self._timer.isActive()
 
-    def request(self, *_: Any) -> None:
-        """Something changed: bring the preview up to date as soon as possible."""
+    def request(self, *_: Any, immediate: bool = False) -> None:
+        """Something changed: bring the preview up to date as soon as possible.
+
+        ``immediate`` (a prompt edit) starts from this very event handler, before the canvas
+        repaints; otherwise on the next event-loop turn, so that form changes made together
+        (e.g. a path and a device) are read together.
+        """
         if self.closed:
             return
         self.version += 1
         if self.busy:
             self.dirty = True
+        elif immediate and not self._timer.isActive():
+            self._fire()  # leading edge: start before the canvas repaints for the new prompt
         elif not self._timer.isActive():
             self._timer.start()
 

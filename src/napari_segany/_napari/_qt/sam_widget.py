@@ -108,8 +108,6 @@ class SamWidget(SamForm):
             if layer is not None:
                 layer.events.data.disconnect(self._prompts_changed)
 
-    # -- layers -------------------------------------------------------------------------------
-
     def _image_changed(self, *_: Any) -> None:
         image = self.image_layer
         if image is not None:
@@ -117,8 +115,6 @@ class SamWidget(SamForm):
             self.output_box.reset_choices()
             self.advanced.set_stack_shape(layer_io.spatial_shape(image)[:-2])
         self._user_changed()
-
-    # -- preview ------------------------------------------------------------------------------
 
     def toggle_point_kind(self, *_: Any) -> None:
         """Switch whether the next point added is positive or negative."""
@@ -135,12 +131,12 @@ class SamWidget(SamForm):
     def _prompts_changed(self, event: Any = None) -> None:
         if str(getattr(event, "action", "")).lower() in ("adding", "removing", "changing"):
             return  # the matching "added"/"removed"/"changed" event follows
-        self._user_changed()
+        self._user_changed(immediate=True)
 
-    def _user_changed(self, *_: Any) -> None:
+    def _user_changed(self, *_: Any, immediate: bool = False) -> None:
         if self._failed is not None and self._failed[0] == "embedding":
             self._failed = None  # a user change is the signal to try a failed embedding again
-        self.preview.request()
+        self.preview.request(immediate=immediate)
 
     def _model_changed(self, *_: Any) -> None:
         self._failed = None  # another model choice: try loading again
