@@ -12,6 +12,7 @@ Examples
 --------
 python benchmarks/bench_grounding.py                 # CPU, 2 rounds
 python benchmarks/bench_grounding.py --rounds 3 --threads 4
+python benchmarks/bench_grounding.py --device cuda --rounds 5    # GPU: ours bf16 vs transformers fp32
 """
 
 from __future__ import annotations
@@ -62,27 +63,37 @@ def write_folder(model, folder: Path) -> Path:
     return folder
 
 
-def timed(fn) -> float:
-    start = time.perf_counter()
+def timed(fn, device: torch.device) -> tuple[float, float]:
+    """Wall time and process CPU time of one call, seconds (CPU time is steadier when shared)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start, cpu = time.perf_counter(), time.process_time()
     with torch.inference_mode():
         fn()
-    return time.perf_counter() - start
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - start, time.process_time() - cpu
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--size", type=int, nargs=2, default=(HEIGHT, WIDTH), metavar=("H", "W"))
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
 
     reference = make_reference()
     with tempfile.TemporaryDirectory() as tmp:
         folder = write_folder(reference, Path(tmp))
-        ours_default = load_grounding_dino(folder)
-        ours_fp32 = load_grounding_dino(folder, precision="fp32")
-    pixels = torch.randn(1, 3, HEIGHT, WIDTH, generator=torch.Generator().manual_seed(0))
-    ids = torch.tensor([INPUT_IDS])
+        ours_default = load_grounding_dino(folder, device=device)
+        ours_fp32 = load_grounding_dino(folder, device=device, precision="fp32")
+    reference = reference.to(device)
+    height, width = args.size
+    pixels = torch.randn(1, 3, height, width, generator=torch.Generator().manual_seed(0)).to(device)
+    ids = torch.tensor([INPUT_IDS], device=device)
 
     runs = {
         "transformers fp32": lambda: reference(pixel_values=pixels, input_ids=ids),
@@ -99,22 +110,29 @@ def main() -> None:
     logit_diff = (ref_out.logits[finite] - fp32_out.logits[finite]).abs().max().item()
     box_diff = (ref_out.pred_boxes - fp32_out.boxes).abs().max().item()
 
-    times: dict[str, list[float]] = {name: [] for name in runs}
+    times: dict[str, list[tuple[float, float]]] = {name: [] for name in runs}
     for _ in range(args.rounds):
         for name, fn in runs.items():  # interleaved: each round times every model once
-            times[name].append(timed(fn))
-    best = {name: min(values) for name, values in times.items()}
-    base = best["transformers fp32"]
+            times[name].append(timed(fn, device))
+    best_wall = {name: min(t[0] for t in values) for name, values in times.items()}
+    best_cpu = {name: min(t[1] for t in values) for name, values in times.items()}
+    base_wall, base_cpu = best_wall["transformers fp32"], best_cpu["transformers fp32"]
     print(
-        f"Grounding DINO tiny, {HEIGHT}x{WIDTH} input, {len(INPUT_IDS)} text tokens, "
-        f"900 queries; torch {torch.__version__}, {args.threads} thread(s), {args.rounds} rounds"
+        f"Grounding DINO tiny, {height}x{width} input, {len(INPUT_IDS)} text tokens, 900 queries; "
+        f"torch {torch.__version__}, {device}, {args.threads} thread(s), {args.rounds} rounds, "
+        f"interleaved"
     )
     print(
-        f"ours fp32 vs transformers fp32: max |logit diff| {logit_diff:.2e}, max |box diff| {box_diff:.2e}"
+        f"ours fp32 vs transformers fp32: max |logit diff| {logit_diff:.2e}, "
+        f"max |box diff| {box_diff:.2e}"
     )
-    for name, value in best.items():
-        all_runs = ", ".join(f"{t:.2f}" for t in times[name])
-        print(f"{name:28s} best {value:7.2f} s  (runs: {all_runs})  ratio {value / base:.2f}x")
+    for name in runs:
+        runs_text = ", ".join(f"{w:.1f}/{c:.1f}" for w, c in times[name])
+        print(
+            f"{name:28s} wall {best_wall[name]:7.2f} s (ratio {best_wall[name] / base_wall:.2f}x)  "
+            f"CPU {best_cpu[name]:7.2f} s (ratio {best_cpu[name] / base_cpu:.2f}x)  "
+            f"[wall/CPU per run: {runs_text}]"
+        )
     print(f"peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
 
 

@@ -134,3 +134,10 @@ def test_detect_accepts_gray_rgb_and_contrast_limits(detector, image):
     limited = detector.detect(image, "cell.", box_threshold=0.0, contrast_limits=(0, 400))
     assert limited.boxes.shape == gray.boxes.shape
     assert np.all(np.diff(gray.scores) <= 0)
+
+
+def test_very_elongated_image_with_fewer_tokens_than_queries(detector):
+    strip = np.random.default_rng(1).integers(0, 255, (8, 400), dtype=np.uint8)
+    found = detector.detect(strip, "cell.", box_threshold=0.0)
+    assert 0 < len(found) < detector.model.model.config.num_queries
+    assert (found.boxes[:, 3] <= 8).all() and (found.boxes[:, 2] <= 400).all()

@@ -201,10 +201,12 @@ class GroundingDino(nn.Module):
         object_query = self.enc_output_norm(self.enc_output(object_query))
         scores = self._contrastive_logits(object_query, text, text_token_mask, pad=False)
         coords = self.encoder_output_bbox_embed(object_query).float() + proposals[None]
-        top = torch.topk(scores.max(-1)[0], self.config.num_queries, dim=1)[1]
+        # A very elongated image may have fewer tokens than queries: keep them all then.
+        count = min(self.config.num_queries, scores.shape[1])
+        top = torch.topk(scores.max(-1)[0], count, dim=1)[1]
         reference_points = torch.gather(coords, 1, top[..., None].expand(-1, -1, 4)).sigmoid()
         batch = vision.shape[0]
-        queries = self.query_position_embeddings.weight[None].expand(batch, -1, -1)
+        queries = self.query_position_embeddings.weight[None, :count].expand(batch, -1, -1)
         return queries, reference_points
 
     def _contrastive_logits(self, queries, text, text_token_mask, pad: bool = True):
