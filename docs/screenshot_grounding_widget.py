@@ -51,15 +51,17 @@ def _wait(app, condition, timeout: float = 1800.0) -> None:
 
 
 def _screenshot(args: argparse.Namespace) -> Path:
-    import napari
     from qtpy.QtWidgets import QApplication
+
+    import napari
 
     sys.path.insert(0, str(ROOT))
     from docs.screenshot_sam_widget import tiny_random_model
+    from tests.grounding.tiny_grounding_dino import write_tiny_folder
+
     from napari_segany._napari._qt.sam_widget import SamWidget
     from napari_segany._napari._qt.text_prompt_section import SECTION_TITLE
     from napari_segany._napari.sample_data import make_sample_stack
-    from tests.grounding.tiny_grounding_dino import write_tiny_folder
 
     [(stack, kwargs, _)] = make_sample_stack()
     viewer = napari.Viewer(title="napari-segany: text prompts (Grounded SAM)")
