@@ -20,9 +20,9 @@ def main() -> None:
     parser.add_argument("--out", default=str(Path(__file__).parent / "widgets_1366x768.png"))
     args = parser.parse_args()
 
-    import napari
     from qtpy.QtWidgets import QApplication
 
+    import napari
     from napari_segany._napari._qt.sam_widget import SamWidget
     from napari_segany._napari._qt.seggpt_widget import SegGptWidget
     from napari_segany._napari.sample_data import blobs_stack

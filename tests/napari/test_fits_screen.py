@@ -35,3 +35,13 @@ def test_both_widgets_docked_fit_a_1366x768_window(make_napari_viewer, qtbot):
     assert sam.width() <= 330 and seggpt.width() <= 330
     assert sam.height() > 200 and seggpt.height() > 200  # the docks share the height
     assert sam.commit_button.native.isVisible() and seggpt.run_button.native.isVisible()
+
+
+def test_widget_tests_run_on_a_qt6_binding(qtbot):
+    """The testing extra installs PyQt6 (napari deprecates its PyQt5 backend); PyQt5 is unused."""
+    import sys
+
+    import qtpy
+
+    assert qtpy.QT6, qtpy.API_NAME
+    assert "PyQt5" not in sys.modules
