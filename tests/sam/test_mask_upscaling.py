@@ -158,3 +158,16 @@ def test_predict_reports_out_of_memory_with_advice(predictor, monkeypatch):
     monkeypatch.setattr(predictor, "_upscale_all", no_memory)
     with pytest.raises(OutOfMemoryError, match="fewer boxes"):
         predictor.predict(box=BOXES)
+
+
+def test_segment_everything_out_of_memory_suggests_tiles(predictor, monkeypatch):
+    from napari_segany.jobs import run_to_completion
+    from napari_segany.sam.automatic import segment_everything
+
+    def no_memory(*args, **kwargs):
+        raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 1 GB")
+
+    monkeypatch.setattr(predictor, "set_image", no_memory)
+    image = np.zeros((64, 64, 3), np.uint8)
+    with pytest.raises(OutOfMemoryError, match="tile_size"):
+        run_to_completion(segment_everything(predictor, image, points_per_side=4))

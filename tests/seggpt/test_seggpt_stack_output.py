@@ -100,3 +100,19 @@ def test_int64_ids_beyond_int32_get_an_int64_result():
         CopyLastPrompt(), SliceOnlyArray(image), SliceOnlyArray(labels)
     )
     assert result.dtype == np.int64 and set(np.unique(result[1])) == {0, 5, 2**40}
+
+
+def test_cpu_out_of_memory_says_what_to_do():
+    from napari_segany.errors import OutOfMemoryError
+
+    class NoMemory(CopyLastPrompt):
+        def predict(self, image, *, return_confidence=False):
+            raise RuntimeError(
+                "DefaultCPUAllocator: can't allocate memory: you tried to allocate 9 GB"
+            )
+
+    image, labels = painted_stack(depth=3, painted=(0,))
+    with pytest.raises(
+        OutOfMemoryError, match="out of memory while segmenting a slice.*batch_size"
+    ):
+        segment_stack_with_seggpt(NoMemory(), image, labels)

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from napari_segany.errors import explain_out_of_memory
 from napari_segany.image_conversion import to_uint8_rgb
 from napari_segany.jobs import run_to_completion
 from napari_segany.sam.box_nms import box_area, non_maximum_suppression
@@ -382,7 +383,12 @@ def segment_everything(
     generator = SamAutomaticMaskGenerator(
         model_or_predictor, tile_size=tile_size, tile_overlap=tile_overlap, **generator_options
     )
-    candidates = yield from generator.iter_candidates(image, contrast_limits)
+    with explain_out_of_memory(
+        f"segmenting everything in a {image.shape[0]} x {image.shape[1]} image",
+        "segment it in tiles (tile_size=1024) or decode fewer prompts at once "
+        "(points_per_batch=16)",
+    ):
+        candidates = yield from generator.iter_candidates(image, contrast_limits)
     labels, painted = paint_labels(candidates, tuple(image.shape[:2]))
     records = []
     for label, index in enumerate(painted, start=1):

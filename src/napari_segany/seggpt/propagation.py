@@ -23,6 +23,7 @@ from typing import Any, NamedTuple, Protocol
 
 import numpy as np
 
+from napari_segany.errors import explain_out_of_memory
 from napari_segany.image_conversion import to_uint8_rgb
 from napari_segany.seggpt.slice_planning import (
     SliceKey,
@@ -481,9 +482,13 @@ def segment_stack_with_seggpt(
     )
     if output is None:
         output = _new_output(prompt_labels, layout, copy_labels=in_target)
-    for key, labels in plan.run(predictor):
-        existing = np.asarray(output[key])
-        output[key] = merge_labels(existing, labels, overwrite=settings.overwrite_existing)
+    with explain_out_of_memory(
+        "segmenting a slice with SegGPT",
+        "use batch_size=1, fewer prompt slices (max_prompts) or smaller slices",
+    ):
+        for key, labels in plan.run(predictor):
+            existing = np.asarray(output[key])
+            output[key] = merge_labels(existing, labels, overwrite=settings.overwrite_existing)
     return output
 
 
