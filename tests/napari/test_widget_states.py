@@ -63,9 +63,11 @@ def test_label_to_propagate_is_the_last_commit_and_is_dropped_after_undo(
     (label,) = committed_object(viewer, qtbot, widget, image)
     assert widget.propagate_label.value == label and widget.refine_label.value == 0
     labels.undo()
+    assert widget.propagate_label.value == 0  # no longer points at a label that is gone
+    assert "gone" in widget.status.value
+    widget.propagate_label.value = label  # typed again: refused with a clear message
     widget.propagate()
     assert "not on the shown slice" in errors(notifications)[-1]
-    assert widget.propagate_label.value == 0  # no longer points at a label that is gone
     assert not widget.task.is_running
 
 

@@ -66,6 +66,7 @@ class SamForm(DockForm):
         self.layers = layers
         self._last_error = ""
         self._committed: tuple[Labels, int] | None = None  # (layer, label) of the last commit
+        self._committed_where: tuple[tuple, tuple] = ((), (slice(None), slice(None)))
         self._build_form()
 
     def _build_form(self) -> None:
@@ -182,6 +183,27 @@ class SamForm(DockForm):
             self.output_box.value = layer
         layer_io.check_labels_fit(layer, image)
         return layer
+
+    def remember_commit(self, labels: Labels, label: int, key: tuple, mask: Any) -> None:
+        """*label to propagate* becomes ``label``, and is cleared if an undo removes it."""
+        previous = self._committed
+        if previous is not None:
+            previous[0].events.set_data.disconnect(self._check_committed)
+        box = layer_io.bounding_box(np.asarray(mask, bool)) or (slice(None), slice(None))
+        self._committed = (labels, label)
+        self._committed_where = (tuple(key), box)
+        self.propagate_label.value = label
+        labels.events.set_data.connect(self._check_committed)
+
+    def _check_committed(self, *_: Any) -> None:
+        """After an undo (or any edit), drop a committed label that is no longer there."""
+        if self._committed is None or int(self.propagate_label.value) != self._committed[1]:
+            return
+        labels, label = self._committed
+        key, box = self._committed_where
+        if not (np.asarray(labels.data[key + box]) == label).any():
+            self.propagate_label.value = 0
+            self._set_status(f"label {label} is gone (undone?): 'label to propagate' is cleared")
 
     def label_to_propagate(self, slice_index: tuple[int, ...]) -> tuple[Labels, int]:
         """The output layer and the label *Propagate* carries (``ValueError`` if it is absent)."""

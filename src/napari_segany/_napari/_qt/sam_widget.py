@@ -309,7 +309,7 @@ class SamWidget(SamForm):
 
         def done(ids_written: list[int], undoable: bool) -> None:
             written.extend(ids_written)
-            self._committed_ids(labels, ids_written, undoable)
+            self._committed_ids(labels, ids_written, undoable, context.slice_index, masks[-1])
 
         self.stack_actions.commit(
             labels, context.slice_index, masks, ids, overwrite=bool(self.overwrite.value),
@@ -317,7 +317,9 @@ class SamWidget(SamForm):
         )  # fmt: skip
         return written
 
-    def _committed_ids(self, labels: Labels, ids: list[int], undoable: bool) -> None:
+    def _committed_ids(
+        self, labels: Labels, ids: list[int], undoable: bool, key: tuple, mask: Any
+    ) -> None:
         if not ids:
             self._set_status(
                 "nothing written: those pixels already carry labels; tick 'overwrite existing "
@@ -325,8 +327,7 @@ class SamWidget(SamForm):
             )
             return
         mark_role(labels, SAM_OUTPUT_ROLE)
-        self._committed = (labels, ids[-1])
-        self.propagate_label.value = ids[-1]
+        self.remember_commit(labels, ids[-1], key, mask)
         self.refine_label.value = 0
         self.clear_prompts()
         note = "" if undoable else " (too large to undo: not in the undo history)"
