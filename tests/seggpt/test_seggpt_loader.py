@@ -130,7 +130,8 @@ def test_offline_registry_download_gives_a_clear_error(monkeypatch, tmp_path):
 @pytest.mark.parametrize("name", sorted(SEGGPT_MODELS))
 def test_every_registry_entry_builds_and_has_its_size(name):
     info = get_model_info(name)
-    arch = SegGptArchitecture.from_dict(info.architecture)
+    arch = info.architecture
+    assert isinstance(arch, SegGptArchitecture)  # typed, like SamArchitecture
     with torch.device("meta"):
         model = SegGpt(arch)
     params = sum(p.numel() for p in model.parameters())

@@ -145,10 +145,10 @@ def _read_folder(folder: Path) -> tuple[SegGptArchitecture, dict[str, torch.Tens
 
 
 def _architecture(
-    architecture: SegGptArchitecture | Mapping | None, *, default: Mapping
+    architecture: SegGptArchitecture | Mapping | None, *, default: SegGptArchitecture | Mapping
 ) -> SegGptArchitecture:
     if architecture is None:
-        return SegGptArchitecture.from_dict(default)
+        architecture = default
     if isinstance(architecture, SegGptArchitecture):
         return architecture
     return SegGptArchitecture.from_dict(architecture)

@@ -1,11 +1,15 @@
-"""Named SegGPT checkpoints: sources, architecture, preprocessing, license, size (no torch import)."""
+"""Named SegGPT checkpoints: sources, typed architecture, preprocessing, license, size.
+
+Importing it does not import torch (the architecture is a plain dataclass).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any
+
+from napari_segany.models.seggpt.config import SegGptArchitecture  # a plain dataclass, no torch
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -25,7 +29,7 @@ class SegGptModelInfo:
         Hugging Face repo and file of the original Painter checkpoint (state dict under
         ``"model"``, original key names).
     architecture
-        Keyword arguments of :class:`napari_segany.models.seggpt.SegGptArchitecture`.
+        Every hyperparameter the model is built from (as :class:`SamArchitecture` for SAM).
     input_size
         (height, width) of the stacked input; each prompt and target is resized to half of it.
     mean, std
@@ -40,7 +44,7 @@ class SegGptModelInfo:
     hub_repo: str
     original_repo: str
     original_filename: str
-    architecture: Mapping[str, Any] = field(default_factory=dict)
+    architecture: SegGptArchitecture = field(default_factory=SegGptArchitecture)
     input_size: tuple[int, int] = (896, 448)
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
@@ -61,22 +65,20 @@ SEGGPT_MODELS: Mapping[str, SegGptModelInfo] = MappingProxyType(
             hub_repo="BAAI/seggpt-vit-large",
             original_repo="BAAI/SegGPT",
             original_filename="seggpt_vit_large.pth",
-            architecture=MappingProxyType(
-                {
-                    "image_size": (896, 448),
-                    "patch_size": 16,
-                    "hidden_size": 1024,
-                    "num_layers": 24,
-                    "num_heads": 16,
-                    "mlp_dim": 4096,
-                    "pretrain_image_size": 224,
-                    "merge_index": 2,
-                    "feature_indices": (5, 11, 17, 23),
-                    "decoder_hidden_size": 64,
-                    "layer_norm_eps": 1e-6,
-                    "qkv_bias": True,
-                    "use_relative_position": True,
-                }
+            architecture=SegGptArchitecture(
+                image_size=(896, 448),
+                patch_size=16,
+                hidden_size=1024,
+                num_layers=24,
+                num_heads=16,
+                mlp_dim=4096,
+                pretrain_image_size=224,
+                merge_index=2,
+                feature_indices=(5, 11, 17, 23),
+                decoder_hidden_size=64,
+                layer_norm_eps=1e-6,
+                qkv_bias=True,
+                use_relative_position=True,
             ),
             input_size=(896, 448),
             license="MIT",
