@@ -107,7 +107,7 @@ def main() -> None:
     dtype = resolve_dtype(args.precision, device)
     if args.batch_sizes is None:
         args.batch_sizes = [1, 2, 4, 8, 16, 32] if device.type == "cuda" else [1]
-    arch = SegGptArchitecture.from_dict(SEGGPT_MODELS["seggpt-vit-l"].architecture)
+    arch = SEGGPT_MODELS["seggpt-vit-l"].architecture
     half_h, half_w = arch.half_size
     print(
         f"device {device}, ours in {dtype}, torch {torch.__version__}, threads {torch.get_num_threads()}"
