@@ -46,6 +46,11 @@ class SegGptPredictor:
         mean: Sequence[float] | None = None,
         std: Sequence[float] | None = None,
     ) -> None:
+        if model is None:
+            raise ValueError(
+                f"SegGptPredictor needs a loaded SegGPT model "
+                f"(napari_segany.seggpt.load_seggpt('seggpt-vit-l')), got {type(model).__name__}"
+            )
         self.model = model.eval()
         if mean is None:
             mean = getattr(model, "pixel_mean", None) or IMAGENET_MEAN
