@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from napari_segany.jobs import run_to_completion
 from napari_segany.sam.embedding_cache import EmbeddingCache, EmbeddingKey, image_fingerprint
 from napari_segany.sam.interactive_session import (
     InteractiveSamSession,
@@ -73,11 +74,7 @@ def session():
 
 
 def drain(job):
-    while True:
-        try:
-            next(job)
-        except StopIteration as stop:
-            return stop.value
+    return run_to_completion(job)
 
 
 def test_out_of_order_calls_raise():

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
+from napari_segany.jobs import run_collecting
 from napari_segany.sam.interactive_session import ObjectPrediction, SamPrompts
 from napari_segany.sam.propagation import prompts_from_mask, propagate_through_stack
 
@@ -46,12 +47,7 @@ class BlobSegmenter:
 
 
 def drain(job):
-    steps = []
-    while True:
-        try:
-            steps.append(next(job))
-        except StopIteration as stop:
-            return steps, stop.value
+    return run_collecting(job)
 
 
 def test_propagates_both_ways_until_the_object_disappears():
