@@ -61,6 +61,19 @@ def detect_job(detector, image, text, box_threshold, text_threshold, contrast_li
     return found
 
 
+def merge_duplicates(found, max_objects: int):
+    """Drop boxes overlapping a higher-scored one (as segment_with_text does) and cap the count."""
+    import torch
+
+    from napari_segany.grounding.segment import DEFAULT_NMS_IOU
+    from napari_segany.sam.box_nms import non_maximum_suppression
+
+    keep = non_maximum_suppression(
+        torch.from_numpy(found.boxes), torch.from_numpy(found.scores), DEFAULT_NMS_IOU
+    )[:max_objects]
+    return found.select(keep.numpy())
+
+
 def decode_boxes_job(session, key, read, boxes) -> Generator[tuple[int, int], None, list]:
     """Job: one SAM mask per box on one slice (embedding from the session's cache)."""
     from napari_segany.sam import SamPredictor
@@ -185,7 +198,7 @@ class TextPromptSection(Container):
                 f"{float(self.box_threshold.value):.2f}; lower it or rephrase"
             )
             return
-        found = found.select(np.arange(min(len(found), int(self.max_objects.value))))
+        found = merge_duplicates(found, int(self.max_objects.value))
         shapes = self.widget.shapes_layer
         if shapes is None:
             self.widget.layers.ensure_prompt_layers(image_layer)
