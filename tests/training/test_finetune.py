@@ -141,3 +141,22 @@ def test_bfloat16_autocast_training_also_learns(tiny_sam_model, disk_data):
 def test_unknown_training_precision_is_refused():
     with pytest.raises(ValueError, match="training_precision"):
         FinetuneSettings(training_precision="fp8")
+
+
+def test_stop_during_the_embeddings_keeps_the_base_decoder(tiny_sam_model, disk_data):
+    images, labels, _, _ = disk_data
+    stop = threading.Event()
+    stop.set()
+    job = iter_finetune_sam(tiny_sam_model, images, labels, stop_event=stop)
+    embedded = 0
+    while True:
+        try:
+            report = next(job)
+        except StopIteration as end:
+            result = end.value
+            break
+        embedded += report.stage == "embedding"
+    assert embedded < len(images)
+    assert result.steps_done == 0 and result.stopped == "cancelled"
+    for key, value in tiny_sam_model.mask_decoder.state_dict().items():
+        torch.testing.assert_close(result.changed[f"mask_decoder.{key}"], value.float())

@@ -285,6 +285,8 @@ def iter_finetune_sam(
         yield FinetuneProgress(
             "embedding", i, n_embed, message=f"image embedding {i + 1}/{n_embed}"
         )
+        if stop_event.is_set() and tiles:  # stopped early: train on nothing, keep the base
+            break
         prepared = prepare_tile(
             predictor, tile, rng, keep_tokens=keep_tokens, min_edge_distance=s.min_edge_distance
         )
