@@ -383,3 +383,17 @@ def test_model_not_downloaded_offline_is_said_in_a_short_first_line(
     assert "sam-vit-h is not downloaded and there is no internet" in widget.status.value
     assert len(widget.status.value) < 120 and "\n" not in widget.status.value
     assert "hf download" in errors(notifications)[0]  # the instructions are in the details
+
+
+def test_a_points_layer_with_100000_points_is_refused_at_once(
+    make_napari_viewer, qtbot, tiny_sam_hf_folder, notifications
+):
+    viewer = make_napari_viewer()
+    viewer.add_image(np.zeros((64, 64), np.uint8))
+    widget = open_widget(viewer, tiny_sam_hf_folder)
+    started = time.perf_counter()
+    widget.points_layer.data = np.random.default_rng(0).uniform(0, 63, (100_000, 2))
+    qtbot.waitUntil(lambda: bool(errors(notifications)), timeout=WAIT_MS)
+    assert time.perf_counter() - started < 10
+    assert "100000 points" in errors(notifications)[-1]
+    assert not widget.task.is_running and widget._shown is None

@@ -37,6 +37,8 @@ from napari_segany.sam.interactive_session import InteractiveSamSession, SamProm
 if TYPE_CHECKING:
     from napari.layers import Image, Labels, Points, Shapes
 
+MAX_WIDGET_POINTS = 1024
+"""Most prompt points the widget reads (SAM uses a handful; reading 100 000 would stall the GUI)."""
 POSITIVE = "positive"
 NEGATIVE = "negative"
 PROMPT_FEATURE = "prompt"
@@ -261,6 +263,12 @@ def read_slice_context(
     """
     check_image_layer(image)
     check_plane_displayed(dims)
+    n_points = 0 if points_layer is None else len(points_layer.data)
+    if n_points > MAX_WIDGET_POINTS:
+        raise ValueError(
+            f"the points layer holds {n_points} points; SAM needs a handful per object (at most "
+            f"{MAX_WIDGET_POINTS}): delete points, or use a box"
+        )
     key = slice_key_at(image, dims.point)
     points, labels = points_on_slice(points_layer, image, key, dims.point)
     boxes = boxes_on_slice(shapes_layer, image, key, dims.point)
