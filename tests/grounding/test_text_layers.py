@@ -91,3 +91,28 @@ def test_bad_text_fails_before_loading_models():
 
     with pytest.raises(ValueError, match="empty"):
         segment_layer_with_text(Image(np.zeros((8, 8))), " ", detector="no/such-model")
+
+
+def test_every_slice_job_stops_when_asked(tiny_loaded, tiny_sam_model):
+    from napari_segany._napari.text_layers import segment_slices_job
+
+    stack = _stack()
+    calls = []
+
+    def should_stop():
+        calls.append(1)
+        # Once per slice and once per backbone block (6 in the tiny Swin): stop inside the
+        # second slice's backbone.
+        return len(calls) > 9
+
+    done = []
+    job = segment_slices_job(
+        lambda key: stack[key], [(0,), (1,)], "cell.", detector=GroundingDinoDetector(tiny_loaded),
+        sam=tiny_sam_model, box_threshold=0.0, text_threshold=0.0, max_objects=2,
+        contrast_limits=None, layer_id="x", should_stop=should_stop,
+    )  # fmt: skip
+    with pytest.raises(InterruptedError):
+        for value in job:
+            done.append(value)
+    assert [d[2].slice_index for d in done] == [(0,)]
+    assert len(calls) == 10
