@@ -68,13 +68,21 @@ def new_output_layer(
     painted on the target, so that the result is the complete stack). It is int64 when the ids
     of ``prompt_labels`` (or ``initial_labels``) do not fit int32.
     """
+    data = new_output_data(target, initial_labels, prompt_labels=prompt_labels)
+    return layer_io.new_labels_layer(target, name, data)
+
+
+def new_output_data(
+    target: Image, initial_labels: Any | None = None, *, prompt_labels: Any | None = None
+) -> np.ndarray:
+    """The array of :func:`new_output_layer` (made before the layer, e.g. for a worker thread)."""
     layout = image_layout(target)
     ids = prompt_labels if prompt_labels is not None else initial_labels
     dtype = label_dtype(np.asarray(ids)) if ids is not None else np.int32
     data = np.zeros(layout.label_shape, dtype=dtype)
     if initial_labels is not None and tuple(np.shape(initial_labels)) == layout.label_shape:
         data[...] = np.asarray(initial_labels)
-    return layer_io.new_labels_layer(target, name, data)
+    return data
 
 
 def prompt_keys_from_selection(
@@ -329,6 +337,7 @@ def segment_layers_with_seggpt(
 
 __all__ = [
     "image_layout",
+    "new_output_data",
     "new_output_layer",
     "plan_from_layers",
     "prompt_keys_from_selection",

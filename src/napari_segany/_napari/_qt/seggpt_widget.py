@@ -14,6 +14,7 @@ committed objects, its output labels layer is the default prompt.
 
 from __future__ import annotations
 
+from collections.abc import Generator
 from contextlib import ExitStack
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -36,11 +37,10 @@ from napari_segany._napari._qt.dock_form import DockForm, find_docked, wrapped_l
 from napari_segany._napari._qt.model_picker import ModelPicker
 from napari_segany._napari.sam_prompt_layers import INTERNAL_ROLE, SAM_OUTPUT_ROLE, role_of
 from napari_segany._napari.seggpt_layers import (
-    new_output_layer,
+    new_output_data,
     plan_from_layers,
     run_fits_undo,
     seggpt_predictor,
-    slice_edit,
 )
 from napari_segany.seggpt.propagation import PropagationSettings, SliceKey, SlicePropagation
 from napari_segany.seggpt.registry import DEFAULT_SEGGPT_MODEL, SEGGPT_MODELS
@@ -69,6 +69,7 @@ class _Run:
     undoable: bool = False
     written: int = 0
     stopped: bool = False
+    data: Any = None
     keys: list[SliceKey] = field(default_factory=list)
     history: ExitStack = field(default_factory=ExitStack)
 
@@ -77,6 +78,45 @@ def _load_seggpt(source: str, device: str, precision: str) -> Any:
     from napari_segany.seggpt import load_seggpt
 
     return load_seggpt(source, device=device, precision=precision)
+
+
+@dataclass(frozen=True)
+class SliceWritten:
+    """Progress of :func:`slice_edits_job`: slice ``key`` is done and ``edit`` is its write."""
+
+    done: int
+    total: int
+    key: SliceKey | None = None
+    edit: layer_io.PlaneEdit | None = None
+
+    @property
+    def message(self) -> str:
+        return f"slice {self.done}/{self.total}" if self.key is not None else "starting"
+
+
+def slice_edits_job(
+    plan: SlicePropagation,
+    predictor: Any,
+    output_data: Any,
+    overwrite: bool,
+    should_stop: Any,
+) -> Generator[SliceWritten, None, int]:
+    """Job: :func:`segment_job`, and what each slice changes in ``output_data`` (in the worker).
+
+    Only the main thread writes; the slices differ, so comparing in the worker is safe.
+    """
+    job = segment_job(plan, predictor, should_stop=should_stop)
+    while True:
+        try:
+            progress: SliceDone = next(job)
+        except StopIteration as stop:
+            return stop.value
+        edit = None
+        if progress.key is not None and progress.labels is not None:
+            edit = layer_io.plane_edit(
+                output_data, progress.key, progress.labels, overwrite=overwrite
+            )
+        yield SliceWritten(progress.done, progress.total, progress.key, edit)
 
 
 def find_or_open_seggpt_widget(viewer: Any) -> SegGptWidget:
@@ -416,11 +456,16 @@ class SegGptWidget(DockForm):
                 # A CPU gains little from batches: one slice at a time shows each slice as soon
                 # as it is done and lets Cancel act within one slice.
                 plan.settings = replace(plan.settings, batch_size=1)
+        if run.output is None:  # the new layer's array; the layer comes with the first slice
+            painted = run.prompt_labels.data if run.start_from_prompt_labels else None
+            run.data = new_output_data(run.target, painted, prompt_labels=run.prompt_labels.data)
         self.task.start(
-            segment_job,
+            slice_edits_job,
             plan,
             self._predictor[1],
-            should_stop=lambda: self._output_removed(run),
+            run.data if run.output is None else run.output.data,
+            run.overwrite,
+            lambda: self._output_removed(run),
             description="SegGPT",
             on_yielded=self._write,
             on_returned=self._finished,
@@ -433,16 +478,16 @@ class SegGptWidget(DockForm):
         """Whether the run's output layer was removed from the viewer (any thread)."""
         return run.output is not None and run.output not in self.viewer.layers
 
-    def _write(self, progress: SliceDone) -> None:
+    def _write(self, progress: SliceWritten) -> None:
         run = self._run
-        if run is None or progress.key is None or progress.labels is None:
+        if run is None or progress.key is None:
             return
         if run.output is None:
             run.output = self._new_output(run)
         elif self._output_removed(run):
             run.stopped = True
             return
-        edit = slice_edit(run.output, progress.key, progress.labels, overwrite=run.overwrite)
+        edit = progress.edit
         if run.undoable and run.written == 0:
             run.history.enter_context(run.output.block_history())
         layer_io.apply_edits(run.output, [edit], undoable=run.undoable, own_history_step=False)
@@ -450,13 +495,7 @@ class SegGptWidget(DockForm):
         run.keys.append(progress.key)
 
     def _new_output(self, run: _Run) -> Labels:
-        painted = run.prompt_labels.data if run.start_from_prompt_labels else None
-        layer = new_output_layer(
-            run.target,
-            f"{run.target.name} SegGPT",
-            initial_labels=painted,
-            prompt_labels=run.prompt_labels.data,
-        )
+        layer = layer_io.new_labels_layer(run.target, f"{run.target.name} SegGPT", run.data)
         return self.viewer.add_layer(layer)
 
     def _close_history(self) -> None:
