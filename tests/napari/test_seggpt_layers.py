@@ -79,11 +79,12 @@ def test_prompt_slices_by_index_and_errors():
         prompt_keys_from_selection(labels, [1])
 
 
-def test_plan_refuses_multiscale_and_wrong_layer_types():
+def test_plan_uses_full_resolution_of_multiscale_and_refuses_wrong_layer_types():
     image, labels = painted_layers()
     pyramid = Image([image.data, image.data[:, ::2, ::2]], multiscale=True, name="pyramid")
-    with pytest.raises(ValueError, match="multiscale"):
-        plan_from_layers(pyramid, labels)
+    plan = plan_from_layers(pyramid, labels)  # one policy with SAM: level 0
+    assert plan.target_layout.spatial_shape == image.data.shape[-2:]
+    assert new_output_layer(pyramid).data.shape == image.data.shape
     with pytest.raises(ValueError, match="not a labels layer"):
         plan_from_layers(image, image)
     with pytest.raises(ValueError, match="current slice"):

@@ -42,17 +42,16 @@ OUTPUT_NAME = "SegGPT labels"
 
 
 def image_layout(layer: Image) -> StackLayout:
-    """Leading (slice) shape, spatial shape and RGB flag of an image layer's data."""
+    """Leading (slice) shape, spatial shape and RGB flag of an image layer's data.
+
+    A multiscale layer is segmented at full resolution (level 0), as by SAM (one policy, see
+    :func:`~napari_segany._napari.layer_io.image_array`).
+    """
     from napari.layers import Image
 
     if not isinstance(layer, Image):
         raise ValueError(f"{getattr(layer, 'name', layer)!r} is not an image layer")
-    if layer.multiscale:
-        raise ValueError(
-            f"image layer {layer.name!r} is multiscale; SegGPT needs a single-scale image "
-            "(add the full-resolution level as its own layer)"
-        )
-    return StackLayout.of(layer.data.shape, layer.rgb)
+    return StackLayout.of(layer_io.image_array(layer).shape, layer.rgb)
 
 
 def new_output_layer(
@@ -181,8 +180,8 @@ def plan_from_layers(
         slices = [current_key]
     targets = select_slices(layout.leading_shape, slices)
     return SlicePropagation(
-        target.data,
-        prompt_image.data,
+        layer_io.image_array(target),
+        layer_io.image_array(prompt_image),
         prompt_labels.data,
         targets=targets,
         prompt_slices=prompt_keys_from_selection(prompt_labels, prompt_slices),

@@ -337,8 +337,8 @@ class SegGptWidget(DockForm):
     def _update_enabled(self, *_: Any) -> None:
         target = self.target_box.value
         leading = ()
-        if isinstance(target, Image) and not target.multiscale:
-            leading = tuple(target.data.shape[: target.ndim - 2])
+        if isinstance(target, Image):
+            leading = tuple(layer_io.spatial_shape(target)[:-2])
         ranged = self.slices_box.value == SLICE_RANGE
         last = max(leading[0] - 1, 0) if leading else 0
         for box in (self.range_start, self.range_stop):
