@@ -73,9 +73,9 @@ def _wait(app, condition, timeout: float = 1800.0) -> None:
 
 
 def _screenshot(args: argparse.Namespace) -> Path:
-    import napari
     from qtpy.QtWidgets import QApplication
 
+    import napari
     from napari_segany._napari._qt.sam_widget import SamWidget
     from napari_segany._napari.sample_data import make_sample_stack
 

@@ -51,11 +51,11 @@ def main(argv: list[str] | None = None) -> Path:
 
 
 def _screenshot(args: argparse.Namespace) -> Path:
-    import napari
     from qtpy.QtWidgets import QApplication
 
-    from napari_segany._napari.sample_data import blobs_stack, make_sample_stack
+    import napari
     from napari_segany._napari._qt.seggpt_widget import SegGptWidget
+    from napari_segany._napari.sample_data import blobs_stack, make_sample_stack
 
     [(stack, kwargs, _)] = make_sample_stack()
     _, truth = blobs_stack()
