@@ -93,23 +93,50 @@ class SamPrompts:
         return len(self.points_rc) == 0 and len(self.boxes_corners) == 0
 
 
-@dataclass
 class ObjectPrediction:
     """SAM's candidates for one object.
 
     Attributes
     ----------
     masks
-        (C, H, W) bool candidate masks (C = 3 with multimask output).
+        (C, H, W) bool candidate masks (C = 3 with multimask output). When the prediction was
+        made with ``upscale`` (the interactive preview), the full-size masks are made on first
+        use; :meth:`mask` upscales one candidate only.
     scores
         (C,) float predicted IoU of each candidate.
     low_res_logits
         (C, L, L) float logits on the low-resolution grid (a mask prompt for refinement).
     """
 
-    masks: np.ndarray
-    scores: np.ndarray
-    low_res_logits: np.ndarray
+    def __init__(
+        self,
+        masks: np.ndarray | None,
+        scores: np.ndarray,
+        low_res_logits: np.ndarray,
+        upscale: Callable[[int], np.ndarray] | None = None,
+    ) -> None:
+        if masks is None and upscale is None:
+            raise ValueError("an ObjectPrediction needs masks or a way to upscale them")
+        self._masks = masks
+        self.scores = scores
+        self.low_res_logits = low_res_logits
+        self._upscale = upscale
+        self._upscaled: dict[int, np.ndarray] = {}
+
+    @property
+    def masks(self) -> np.ndarray:
+        """(C, H, W) bool candidate masks."""
+        if self._masks is None:
+            self._masks = np.stack([self.mask(i) for i in range(len(self.scores))])
+        return self._masks
+
+    def mask(self, index: int) -> np.ndarray:
+        """(H, W) bool mask of candidate ``index`` (upscaled on first use if needed)."""
+        if self._masks is not None:
+            return self._masks[index]
+        if index not in self._upscaled:
+            self._upscaled[index] = np.asarray(self._upscale(int(index)), dtype=bool)
+        return self._upscaled[index]
 
     def ranked(self) -> np.ndarray:
         """Candidate indices, best predicted IoU first."""
@@ -408,15 +435,16 @@ class InteractiveSamSession:
         predictions = []
         with self._decode_lock:
             for box_corners, point_index in groups:
-                predictions.append(
-                    self._predict_object(
-                        self._decoder,
-                        prompts.points_rc[point_index],
-                        prompts.point_labels[point_index],
-                        box_corners,
-                        mask_input,
-                    )
+                prediction = self._predict_object(
+                    self._decoder,
+                    prompts.points_rc[point_index],
+                    prompts.point_labels[point_index],
+                    box_corners,
+                    mask_input,
+                    lazy=True,
                 )
+                prediction.mask(self._chosen_index(prediction))  # the one the preview shows
+                predictions.append(prediction)
         self.predictions = predictions
         return predictions
 
@@ -461,26 +489,43 @@ class InteractiveSamSession:
                 mask_input,
             )
 
-    @staticmethod
     def _predict_object(
+        self,
         predictor: Any,
         points_rc: np.ndarray,
         labels: np.ndarray,
         box_corners: np.ndarray | None,
         mask_input: np.ndarray | None,
+        *,
+        lazy: bool = False,
     ) -> ObjectPrediction:
+        """Decode one object; ``lazy``: full-size masks only for the candidates asked for.
+
+        Lazy upscaling needs a predictor with ``upscale_mask`` (``SamPredictor``); the masks
+        are upscaled on the embedding active now, so the prediction must be used before another
+        one is activated (:meth:`activate` forgets the predictions).
+        """
+        lazy = lazy and hasattr(predictor, "upscale_mask")
+        kwargs = {"return_low_res_only": True} if lazy else {}
         masks, scores, logits = predictor.predict(
             point_coords=rowcol_to_xy(points_rc) if len(points_rc) else None,
             point_labels=labels if len(points_rc) else None,
             box=corners_to_sam_box(box_corners) if box_corners is not None else None,
             mask_input=mask_input,
             multimask_output=True,
+            **kwargs,
         )
-        return ObjectPrediction(
-            np.asarray(masks, dtype=bool),
-            np.asarray(scores, dtype=np.float32),
-            np.asarray(logits, dtype=np.float32),
-        )
+        logits = np.asarray(logits, dtype=np.float32)
+        if not lazy:
+            return ObjectPrediction(
+                np.asarray(masks, dtype=bool), np.asarray(scores, dtype=np.float32), logits
+            )
+
+        def upscale(index: int) -> np.ndarray:
+            with self._decode_lock:
+                return predictor.upscale_mask(logits, index)
+
+        return ObjectPrediction(None, np.asarray(scores, dtype=np.float32), logits, upscale)
 
     def cycle_candidate(self) -> int:
         """Show the next candidate mask (of each object); returns the new offset."""
@@ -495,7 +540,7 @@ class InteractiveSamSession:
         ``predictions`` defaults to the latest :attr:`predictions`.
         """
         predictions = self.predictions if predictions is None else predictions
-        return [p.masks[self._chosen_index(p)] for p in predictions]
+        return [p.mask(self._chosen_index(p)) for p in predictions]
 
     def chosen_scores(self, predictions: Sequence[ObjectPrediction] | None = None) -> list[float]:
         """Predicted IoU of each object's chosen candidate (see :meth:`chosen_masks`)."""
