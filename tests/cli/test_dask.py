@@ -84,3 +84,22 @@ def test_an_existing_scheduler_is_used_and_left_running(tiny_sam_hf_folder, imag
     np.testing.assert_array_equal(
         tifffile.imread(out / "a_labels.tif"), tifffile.imread(single / "a_labels.tif")
     )
+
+
+@pytest.mark.slow
+def test_local_workers_start_without_dask_malloc_trim_threshold(monkeypatch):
+    """dask's nanny sets MALLOC_TRIM_THRESHOLD_=65536 for its workers, which turns off glibc's
+    dynamic mmap threshold: torch's large buffers are then page-faulted afresh on every operator
+    (SAM ran ~2x slower per image in such a worker). Our local workers start without it."""
+    import os
+
+    from napari_segany.batch.dask_runner import DaskExecutor
+
+    monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_", raising=False)
+    executor = DaskExecutor(workers=1)
+    try:
+        seen = executor.client.run(lambda: os.environ.get("MALLOC_TRIM_THRESHOLD_"))
+    finally:
+        executor.close()
+    assert list(seen.values()) == [None]
+    assert "MALLOC_TRIM_THRESHOLD_" not in os.environ  # nor put into this process's environment
