@@ -5,7 +5,11 @@ folders of 4, 8 and 16 synthetic images with a random-weight SAM written once as
 
 - ``serial-1t``: one process, one torch thread (``--threads 1``);
 - ``serial-2t``: one process, two torch threads (``--threads 2``: what a plain run gets here);
-- ``workers-2``: ``--workers 2`` (a LocalCluster of two processes, one torch thread each).
+- ``workers-2``: ``--workers 2`` (a LocalCluster of two processes, one torch thread each);
+- ``workers-2-trim`` (with ``--malloc-trim``): the same with ``MALLOC_TRIM_THRESHOLD_=65536``
+  exported, the environment dask's nanny gave every worker before napari-segany dropped it (it
+  turns off glibc's dynamic mmap threshold, so torch's big buffers are page-faulted afresh on
+  every operator); the before/after of that change in one run.
 
 The three are run interleaved (one of each per round, rounds repeated), so a load from other jobs
 hits them alike; the ratios within a round are the numbers to trust. Printed per image count:
@@ -32,6 +36,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -47,6 +52,7 @@ CONFIGS = {
     "serial-2t": ["--threads", "2"],
     "workers-2": ["--workers", "2", "--threads", "1"],
 }
+EXTRA_ENV = {"workers-2-trim": {"MALLOC_TRIM_THRESHOLD_": "65536"}}
 
 
 def write_random_sam(architecture_name: str, input_size: int, path: Path, seed: int = 0) -> None:
@@ -107,14 +113,17 @@ def run_once(config: str, images: Path, out: Path, model: Path, args) -> dict:
     command += ["--model", str(model), "--precision", args.precision, "--device", "cpu", "-q"]
     command += ["--points-per-side", str(args.points_per_side), "--overwrite"]
     command += CONFIGS[config]
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", **EXTRA_ENV.get(config, {}))
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True, env=env)
     wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)  # the command and its workers
+    cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
     if done.returncode != 0:
         raise RuntimeError(f"{config} failed ({done.returncode}):\n{done.stderr[-2000:]}")
     record = json.loads((out / "napari-segany-run.json").read_text())
-    return {"wall": wall, "record": record}
+    return {"wall": wall, "cpu": cpu, "record": record}
 
 
 def _load() -> str:
@@ -134,7 +143,12 @@ def main() -> None:
     parser.add_argument("--points-per-side", type=int, default=8)
     parser.add_argument("--precision", default="fp32")
     parser.add_argument("--quick", action="store_true", help="counts 2 4, 256-px images")
+    parser.add_argument(
+        "--malloc-trim", action="store_true", help="also workers-2 with dask's malloc setting"
+    )
     args = parser.parse_args()
+    if args.malloc_trim:
+        CONFIGS["workers-2-trim"] = CONFIGS["workers-2"]
     if args.quick:
         args.counts, args.size, args.input_size = [2, 4], 256, 256
 
@@ -158,10 +172,14 @@ def main() -> None:
                 for config in order:
                     run = run_once(config, images, tmp / f"out-{count}-{config}", model, args)
                     results.setdefault((count, config), []).append(run)
-                    print(f"  {count:3d} images  {config:10s} {run['wall']:7.1f} s", flush=True)
+                    print(
+                        f"  {count:3d} images  {config:14s} {run['wall']:7.1f} s wall "
+                        f"{run['cpu']:6.1f} s CPU",
+                        flush=True,
+                    )
 
         print(f"\nload average at end: {_load()} (above the CPU count: the machine was busy)")
-        header = f"{'images':>6} {'config':10} {'wall s':>8} {'img/s':>7} {'vs serial-1t':>12}"
+        header = f"{'images':>6} {'config':14} {'wall s':>8} {'img/s':>7} {'vs serial-1t':>12}"
         print(header + f" {'peak RSS/worker MiB':>20} {'model loads':>12}")
         for count in args.counts:
             base = statistics.median(r["wall"] for r in results[(count, "serial-1t")])
@@ -172,17 +190,25 @@ def main() -> None:
                 memory = execution.get("peak_memory_mb_per_worker", {})
                 loads = execution.get("model_loads_per_worker", {})
                 print(
-                    f"{count:6d} {config:10} {wall:8.1f} {count / wall:7.2f} {base / wall:11.2f}x"
+                    f"{count:6d} {config:14} {wall:8.1f} {count / wall:7.2f} {base / wall:11.2f}x"
                     f" {max(memory.values(), default=0):20.0f} {sum(loads.values()):12d}"
                 )
         if len(args.counts) >= 2:
-            print("\nfixed cost (intercept) and per-image cost (slope) of wall time vs images:")
+            print("\nfixed cost (intercept) and per-image cost (slope) vs images, of the wall time")
+            print("and of the CPU time of the command with its workers (less sensitive to load):")
             for config in CONFIGS:
-                walls = [
-                    statistics.median(r["wall"] for r in results[(c, config)]) for c in args.counts
-                ]
-                slope, intercept = np.polyfit(args.counts, walls, 1)
-                print(f"  {config:10s} {intercept:6.1f} s + {slope:5.2f} s/image")
+                fits = []
+                for measure in ("wall", "cpu"):
+                    values = [
+                        statistics.median(r[measure] for r in results[(c, config)])
+                        for c in args.counts
+                    ]
+                    fits.append(np.polyfit(args.counts, values, 1))
+                (wall_slope, wall_0), (cpu_slope, cpu_0) = fits
+                print(
+                    f"  {config:14s} wall {wall_0:6.1f} s + {wall_slope:5.2f} s/image   "
+                    f"CPU {cpu_0:6.1f} s + {cpu_slope:5.2f} s/image"
+                )
 
 
 if __name__ == "__main__":
