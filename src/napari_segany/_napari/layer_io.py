@@ -40,6 +40,7 @@ __all__ = [
     "contrast_limits_of",
     "edits_fit_undo",
     "image_array",
+    "insert_layer",
     "labels_layer_kwargs",
     "merge_labels",
     "n_leading_axes",
@@ -51,6 +52,7 @@ __all__ = [
     "slice_key_at",
     "spatial_shape",
     "widen_for_label",
+    "write_into_array",
 ]
 
 
@@ -149,6 +151,28 @@ def new_labels_layer(
     if data is None:
         data = np.zeros(spatial_shape(image_layer), dtype=dtype)
     return Labels(data, name=name, **labels_layer_kwargs(image_layer))
+
+
+def insert_layer(layers: Any, index: int, layer: Any) -> None:
+    """Insert ``layer`` at ``index`` of a viewer's layer list, leaving the selection as it is.
+
+    napari makes an inserted layer the selected, active one, which rebuilds the layer controls
+    and restyles the layer buttons on the main thread (tens of ms each way); a widget adding a
+    result keeps the user's active layer instead (e.g. the SAM points layer, so clicks keep
+    adding prompts), in a single insertion at the right place (no ``move`` afterwards).
+    """
+    activate = getattr(layers, "_activate_on_insert", None)
+    if not isinstance(activate, bool):  # another napari: insert, then select the old one again
+        active = layers.selection.active
+        layers.insert(index, layer)
+        if active is not None and active in layers:
+            layers.selection.active = active
+        return
+    layers._activate_on_insert = False
+    try:
+        layers.insert(index, layer)
+    finally:
+        layers._activate_on_insert = activate
 
 
 def check_labels_fit(labels_layer: Labels, image_layer: Image) -> None:
@@ -317,35 +341,48 @@ def apply_edits(
     *,
     undoable: bool | None = None,
     own_history_step: bool = True,
+    shown_key: SliceKey | None = None,
 ) -> bool:
     """Write plane edits into a labels layer, on the main thread.
 
     With ``undoable`` (default: when :func:`edits_fit_undo`), all edits are one step of napari's
     undo (``block_history`` + ``data_setitem``, which redraws only the changed region; with
     ``own_history_step=False`` the caller holds ``block_history`` for a longer run); otherwise
-    the crops are assigned directly and the layer redrawn (cheap, but not undoable). Returns
-    whether the write was undoable.
+    the crops are assigned directly and the layer redrawn (cheap, but not undoable). Given
+    ``shown_key`` (the slice the viewer shows, :func:`slice_key_at`), edits of other slices are
+    not redrawn: napari reads them afresh when the viewer moves there. Returns whether the write
+    was undoable.
     """
     edits = [e for e in edits if e is not None]
     if not edits:
         return True
     if undoable is None:
         undoable = edits_fit_undo(edits)
+
+    def redraw(edit: PlaneEdit) -> bool:
+        return shown_key is None or tuple(edit.key) == tuple(shown_key)
+
     if undoable:
         if not own_history_step:
             for edit in edits:
-                labels_layer.data_setitem(edit.indices(), edit.values())
+                labels_layer.data_setitem(edit.indices(), edit.values(), refresh=redraw(edit))
             return True
         with labels_layer.block_history():
             for edit in edits:
-                labels_layer.data_setitem(edit.indices(), edit.values())
+                labels_layer.data_setitem(edit.indices(), edit.values(), refresh=redraw(edit))
         return True
+    write_into_array(labels_layer.data, edits)
+    if any(redraw(edit) for edit in edits):
+        labels_layer.refresh()
+    return False
+
+
+def write_into_array(data: Any, edits: Sequence[PlaneEdit]) -> None:
+    """Assign the edits' crops into an array (numpy only: no layer, no undo, no redraw)."""
     for edit in edits:
         rows = slice(edit.top, edit.top + edit.merged.shape[0])
         cols = slice(edit.left, edit.left + edit.merged.shape[1])
-        labels_layer.data[edit.key + (rows, cols)] = edit.merged
-    labels_layer.refresh()
-    return False
+        data[edit.key + (rows, cols)] = edit.merged
 
 
 def roll_back(labels_layer: Labels, edits: Sequence[PlaneEdit]) -> None:

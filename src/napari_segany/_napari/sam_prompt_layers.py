@@ -19,7 +19,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from napari_segany._napari import sam_layers as glue
-from napari_segany._napari.layer_io import bounding_box, new_labels_layer, spatial_shape
+from napari_segany._napari.layer_io import (
+    bounding_box,
+    insert_layer,
+    new_labels_layer,
+    slice_key_at,
+    spatial_shape,
+)
 
 if TYPE_CHECKING:
     from napari.layers import Image, Labels
@@ -194,20 +200,17 @@ class SamPromptLayers:
     def add_below_prompts(self, layer: Any) -> None:
         """Add ``layer`` to the viewer under the managed layers, keeping the active layer active.
 
-        So clicks keep going to the points layer and the prompts stay visible on top.
+        So clicks keep going to the points layer and the prompts stay visible on top. One
+        insertion at that place, without selecting the new layer (:func:`.layer_io.insert_layer`),
+        keeps napari's main-thread work to the layer's own setup.
         """
-        active = self.viewer.layers.selection.active
-        self.viewer.add_layer(layer)
-        index = self.viewer.layers.index(layer)
+        layers = self.viewer.layers
         managed = [
-            self.viewer.layers.index(m)
+            layers.index(m)
             for m in (self.points, self.shapes, self.preview)
-            if m is not None and m is not layer and m in self.viewer.layers
+            if m is not None and m is not layer and m in layers
         ]
-        if managed and min(managed) < index:
-            self.viewer.layers.move(index, min(managed))
-        if active is not None and active in self.viewer.layers:
-            self.viewer.layers.selection.active = active
+        insert_layer(layers, min(managed) if managed else len(layers), layer)
 
     def show_preview(
         self, image: Image, slice_index: tuple[int, ...], masks: Sequence[np.ndarray]
@@ -236,8 +239,12 @@ class SamPromptLayers:
             return
         for key, box in boxes.items():
             layer.data[key + box] = 0
-        if refresh:
-            layer.refresh()
+        if refresh and self._shown_key(layer) in boxes:
+            layer.refresh()  # other slices are read afresh when the viewer moves to them
+
+    def _shown_key(self, layer: Labels) -> tuple[int, ...]:
+        """Slice key of ``layer`` on the slice the viewer shows."""
+        return slice_key_at(layer, self.viewer.dims.point)
 
     def _draw(self, layer: Labels, key: tuple[int, ...], masks: Sequence[np.ndarray]) -> None:
         new_box = None
@@ -262,7 +269,11 @@ class SamPromptLayers:
         changed = crop != old
         n_changed = int(np.count_nonzero(changed))
         plane_pixels = int(np.prod(layer.data.shape[-2:]))
-        if n_changed > plane_pixels // PARTIAL_REFRESH_FRACTION:
+        if n_changed and key != self._shown_key(layer):
+            # a slice the viewer does not show (a propagation step): nothing to redraw, napari
+            # reads the data afresh when the viewer moves there
+            layer.data[key + region] = crop
+        elif n_changed > plane_pixels // PARTIAL_REFRESH_FRACTION:
             layer.data[key + region] = crop  # large change: one full redraw is cheaper
             layer.refresh()
         elif n_changed:

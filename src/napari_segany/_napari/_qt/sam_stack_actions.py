@@ -80,6 +80,12 @@ def propagation_job(
     return result, edits, prepare_chunks(edits)
 
 
+def everything_job(*args: Any) -> Generator[Any, None, tuple[np.ndarray, int]]:
+    """Job: :func:`segment_everything_job`, and the number of objects (counted in the worker)."""
+    labels = yield from segment_everything_job(*args)
+    return labels, int(labels.max(initial=0))
+
+
 class SamStackActions:
     """Starts the widget's jobs and writes their results.
 
@@ -106,6 +112,32 @@ class SamStackActions:
         self.task = task
         self.layers = layers
         self.set_status = set_status
+        self._pending_writes = 0
+
+    @property
+    def writing(self) -> bool:
+        """Whether a result is still being written into a labels layer, piece by piece."""
+        return self._pending_writes > 0
+
+    def _write(
+        self,
+        labels: Labels,
+        edits: Sequence[layer_io.PlaneEdit],
+        chunks: list,
+        on_done: Callable[[bool], None],
+    ) -> None:
+        """Write ``edits`` a few pixels per event-loop turn (:func:`write_in_chunks`)."""
+        self._pending_writes += 1
+
+        def done(undoable: bool) -> None:
+            self._pending_writes -= 1
+            on_done(undoable)
+
+        try:
+            write_in_chunks(labels, edits, done, self.task, chunks)
+        except BaseException:
+            self._pending_writes -= 1
+            raise
 
     # -- commit -------------------------------------------------------------------------------
 
@@ -133,9 +165,7 @@ class SamStackActions:
             if labels not in self.layers.viewer.layers:
                 self.set_status("commit cancelled: the output labels layer was removed")
                 return
-            write_in_chunks(
-                labels, edits, lambda undoable: on_written(ids, undoable), self.task, chunks
-            )
+            self._write(labels, edits, chunks, lambda undoable: on_written(ids, undoable))
 
         if int(np.prod(labels.data.shape[-2:])) <= SYNC_COMMIT_PIXELS:
             from napari_segany.jobs import run_to_completion
@@ -188,7 +218,8 @@ class SamStackActions:
         """Carry ``label`` from ``slice_key`` along one leading axis, in the background.
 
         Each slice's mask is shown in the preview layer as it arrives; the labels layer is
-        written once, as one undo step when it fits the undo budget, when the job returned.
+        written when the job returned, a few pixels per event-loop turn (:attr:`writing` until
+        then), as one undo step when it fits the undo budget.
         Removing ``labels`` from the viewer stops the job and nothing is written.
 
         Raises
@@ -217,10 +248,15 @@ class SamStackActions:
             if removed():
                 self.set_status("propagation stopped: the output labels layer was removed")
                 return
-            undoable = layer_io.apply_edits(labels, edits)
             reasons = "; ".join(f"{k}: {v}" for k, v in result.stop_reasons.items())
-            note = "" if undoable else " (too large to undo: not recorded in the undo history)"
-            self.set_status(f"label {label} on {len(result.masks)} more slice(s) ({reasons}){note}")
+
+            def written(undoable: bool) -> None:
+                note = "" if undoable else " (too large to undo: not recorded in the undo history)"
+                self.set_status(
+                    f"label {label} on {len(result.masks)} more slice(s) ({reasons}){note}"
+                )
+
+            self._write(labels, edits, chunks, written)
 
         def failed(exc: BaseException) -> None:
             cause = exc.__cause__ if exc.__cause__ is not None else exc
@@ -262,13 +298,14 @@ class SamStackActions:
         """Automatic segmentation of some slices into a new labels layer, in the background."""
         shape = layer_io.spatial_shape(image)
 
-        def add_layer(labels: np.ndarray) -> None:
+        def add_layer(outcome: tuple[np.ndarray, int]) -> None:
+            labels, n_objects = outcome
             layer = layer_io.new_labels_layer(image, f"SAM everything ({image.name})", labels)
             self.layers.add_below_prompts(layer)
-            self.set_status(f"segment everything: {int(labels.max())} objects")
+            self.set_status(f"segment everything: {n_objects} objects")
 
         self.task.start(
-            segment_everything_job,
+            everything_job,
             self.session.model,
             lambda s: layer_io.read_slice(image, s),
             list(slices),

@@ -151,8 +151,8 @@ class SamWidget(SamForm):
 
     @property
     def is_idle(self) -> bool:
-        """No job, no decoding and no pending preview update (tests wait for this)."""
-        return not (self.task.is_running or self.preview.pending)
+        """No job, no result being written, no pending preview update (tests wait for this)."""
+        return not (self.task.is_running or self.preview.pending or self.stack_actions.writing)
 
     def _update_preview(self) -> None:
         if not any(
@@ -342,7 +342,7 @@ class SamWidget(SamForm):
         except ValueError as exc:
             self._notify_error(str(exc))
             return None
-        if self.task.is_running:
+        if self.task.is_running or self.stack_actions.writing:
             self._notify_error(f"{self.task.description!r} is still running; wait or press Cancel")
             return None
         return context if self._ensure_model(then=action) else None

@@ -482,21 +482,28 @@ class SegGptWidget(DockForm):
         run = self._run
         if run is None or progress.key is None:
             return
-        if run.output is None:
+        edit = progress.edit
+        if run.output is None:  # the first slice goes into the array, then the layer is added
+            if edit is not None:
+                layer_io.write_into_array(run.data, [edit])
             run.output = self._new_output(run)
         elif self._output_removed(run):
             run.stopped = True
             return
-        edit = progress.edit
-        if run.undoable and run.written == 0:
-            run.history.enter_context(run.output.block_history())
-        layer_io.apply_edits(run.output, [edit], undoable=run.undoable, own_history_step=False)
+        else:
+            if run.undoable and run.written == 0:
+                run.history.enter_context(run.output.block_history())
+            shown = layer_io.slice_key_at(run.output, self.viewer.dims.point)
+            layer_io.apply_edits(
+                run.output, [edit], undoable=run.undoable, own_history_step=False, shown_key=shown
+            )
         run.written += 1
         run.keys.append(progress.key)
 
     def _new_output(self, run: _Run) -> Labels:
         layer = layer_io.new_labels_layer(run.target, f"{run.target.name} SegGPT", run.data)
-        return self.viewer.add_layer(layer)
+        layer_io.insert_layer(self.viewer.layers, len(self.viewer.layers), layer)  # on top
+        return layer
 
     def _close_history(self) -> None:
         if self._run is not None:
