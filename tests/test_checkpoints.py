@@ -164,3 +164,78 @@ def test_offline_cache_with_only_the_bin_layout_is_found(tmp_path, monkeypatch):
 
     monkeypatch.setattr("huggingface_hub.hf_hub_download", cached_only)
     assert checkpoints.download_from_hub("owner/model") == tmp_path
+
+
+def _hub_that_streams(files: dict[str, Path], sizes: dict[str, int], steps: int = 4):
+    """A fake ``hf_hub_download`` that reports its bytes the way huggingface_hub does.
+
+    The bar comes from huggingface_hub's own factory with the ``tqdm_class`` it was given; without
+    one it is a plain tqdm bar on stderr, as in a terminal.
+    """
+    import functools
+    import logging
+    import sys
+
+    from huggingface_hub.utils.tqdm import _get_progress_bar_context
+    from tqdm.std import tqdm
+
+    def hf_hub_download(repo_id, filename, *, revision=None, local_files_only=False, **kwargs):
+        if local_files_only:
+            raise LocalEntryNotFoundError(f"{filename} is not cached")
+        if filename not in files:
+            raise EntryNotFoundError(f"{filename} not in {repo_id}")
+        total = sizes.get(filename, 100)
+        bar_class = kwargs.get("tqdm_class") or functools.partial(tqdm, file=sys.stderr)
+        with _get_progress_bar_context(
+            desc=filename,
+            log_level=logging.INFO,
+            total=total,
+            name="huggingface_hub.http_get",
+            tqdm_class=bar_class,
+        ) as bar:
+            for _ in range(steps):
+                bar.update(total // steps)
+        return str(files[filename])
+
+    return hf_hub_download
+
+
+def test_download_progress_reaches_the_hook_in_bytes_and_prints_nothing(
+    tmp_path, monkeypatch, capfd
+):
+    (tmp_path / "config.json").write_text("{}")
+    save_file(_weights(), tmp_path / "model.safetensors")
+    files = {name: tmp_path / name for name in ("config.json", "model.safetensors")}
+    sizes = {"config.json": 400, "model.safetensors": 375_000_000}
+    monkeypatch.setattr("huggingface_hub.hf_hub_download", _hub_that_streams(files, sizes))
+    monkeypatch.setattr(checkpoints, "hub_reachable", lambda *a: True)
+    reports: list[checkpoints.DownloadProgress] = []
+    with checkpoints.report_download_progress(reports.append):
+        assert checkpoints.download_from_hub("owner/model") == tmp_path
+    weights = [r for r in reports if r.filename == "model.safetensors"]
+    assert [r.done for r in weights] == [0, 93_750_000, 187_500_000, 281_250_000, 375_000_000]
+    assert {r.total for r in weights} == {375_000_000}
+    assert weights[-1].text == "375.0 / 375.0 MB"
+    assert weights[1].message == "downloading model.safetensors"
+    assert any(r.filename == "config.json" for r in reports)
+    captured = capfd.readouterr()
+    assert "model.safetensors" not in captured.err and "%|" not in captured.err
+    # outside the block nothing reports: huggingface_hub draws its own bar (the command line)
+    reports.clear()
+    checkpoints.download_from_hub("owner/model")
+    assert reports == [] and "model.safetensors" in capfd.readouterr().err
+
+
+def test_a_hook_that_raises_download_cancelled_stops_the_download(tmp_path, monkeypatch):
+    (tmp_path / "config.json").write_text("{}")
+    files = {name: tmp_path / name for name in ("config.json", "model.safetensors")}
+    monkeypatch.setattr("huggingface_hub.hf_hub_download", _hub_that_streams(files, {}))
+    monkeypatch.setattr(checkpoints, "hub_reachable", lambda *a: True)
+
+    def cancel_at_half(progress):
+        if progress.filename == "model.safetensors" and progress.done >= progress.total // 2:
+            raise checkpoints.DownloadCancelled("cancelled")
+
+    with checkpoints.report_download_progress(cancel_at_half):
+        with pytest.raises(checkpoints.DownloadCancelled):  # not turned into "unavailable"
+            checkpoints.download_from_hub("owner/model")

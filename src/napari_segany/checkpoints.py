@@ -10,7 +10,10 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -28,6 +31,10 @@ class CheckpointError(ValueError):
 
 class WeightsUnavailableError(OSError):
     """Weights are neither in the local cache nor downloadable (offline, unknown repo, no access)."""
+
+
+class DownloadCancelled(Exception):
+    """Raised by a download progress hook to stop a running download (the user pressed Cancel)."""
 
 
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
@@ -222,8 +229,10 @@ def download_from_hub(
 ) -> Path:
     """Download files of a hub repository into the standard Hugging Face cache.
 
-    A download shows huggingface_hub's progress bar and happens once; later calls find the files
-    in the cache without touching the network (also with ``HF_HUB_OFFLINE=1``). When they are not
+    A download happens once; later calls find the files in the cache without touching the network
+    (also with ``HF_HUB_OFFLINE=1``). Its progress goes to the hook installed by
+    :func:`report_download_progress` (e.g. the widget's progress bar) and then nothing is printed;
+    without a hook huggingface_hub shows its own bar on stderr (the command line). When they are not
     cached and the hub cannot be reached (offline mode, or no connection within
     :data:`HUB_PROBE_TIMEOUT` seconds) the call fails at once instead of retrying.
 
@@ -264,7 +273,7 @@ def download_from_hub(
         )
     try:
         return _fetch_repo(repo_id, filenames, revision, single_file, local_only=False)
-    except WeightsUnavailableError:
+    except (WeightsUnavailableError, DownloadCancelled):
         raise
     except Exception as exc:
         raise WeightsUnavailableError(
@@ -325,8 +334,15 @@ def _fetch_repo(
 ) -> Path:
     from huggingface_hub import hf_hub_download
 
+    hook = None if local_only else _download_hook.get()
+    progress = {} if hook is None else {"tqdm_class": _progress_bar_class(hook)}
+
     def fetch(name: str) -> Path:
-        return Path(hf_hub_download(repo_id, name, revision=revision, local_files_only=local_only))
+        return Path(
+            hf_hub_download(
+                repo_id, name, revision=revision, local_files_only=local_only, **progress
+            )
+        )
 
     if single_file is not None:
         return fetch(single_file)
@@ -350,6 +366,111 @@ def _fetch_repo(
     if offline_error is not None:
         raise offline_error
     raise WeightsUnavailableError(f"hub repo {repo_id!r} has no weights file ({HUB_WEIGHT_FILES})")
+
+
+# -- download progress ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DownloadProgress:
+    """How much of one file a download has written so far.
+
+    Attributes
+    ----------
+    filename
+        The file being downloaded (e.g. ``"model.safetensors"``).
+    done
+        Bytes downloaded so far.
+    total
+        Size of the file in bytes; ``0`` when unknown.
+    """
+
+    filename: str
+    done: int
+    total: int
+
+    @property
+    def message(self) -> str:
+        """What is happening, for a status line: ``"downloading model.safetensors"``."""
+        return f"downloading {self.filename}"
+
+    @property
+    def text(self) -> str:
+        """The bytes for a progress bar: ``"12.3 / 375.0 MB"`` (``"12.3 MB"`` if the size is unknown)."""
+        if self.total > 0:
+            return f"{self.done / 1e6:.1f} / {self.total / 1e6:.1f} MB"
+        return f"{self.done / 1e6:.1f} MB"
+
+
+DownloadHook = Callable[[DownloadProgress], None]
+"""Receives every progress report of a download, in the downloading thread; it may raise
+:class:`DownloadCancelled` to stop the download."""
+
+_download_hook: ContextVar[DownloadHook | None] = ContextVar("download_hook", default=None)
+"""The hook of the current context (thread); set only inside :func:`report_download_progress`, so
+no state outlives the call that installed it."""
+
+
+@contextmanager
+def report_download_progress(hook: DownloadHook) -> Iterator[None]:
+    """Send the progress of every download made in this thread (inside the block) to ``hook``.
+
+    The model loaders do not take a progress argument: a caller that shows progress (the
+    widgets' model loading job) wraps the load in this block instead. Downloads then use
+    huggingface_hub's own progress machinery (a ``tqdm_class`` given to ``hf_hub_download``),
+    redirected to ``hook`` and printing nothing.
+
+    Example
+    -------
+    >>> with report_download_progress(lambda p: print(p.text)):  # doctest: +SKIP
+    ...     load_sam("sam-vit-b")
+    """
+    token = _download_hook.set(hook)
+    try:
+        yield
+    finally:
+        _download_hook.reset(token)
+
+
+_XET_TRANSFER_SUFFIX = "downloading bytes"
+"""Description suffix of the second (network transfer) bar of a Xet download; its file's bytes
+are reported by the first bar, so the second is not reported."""
+
+
+def _progress_bar_class(hook: DownloadHook) -> type:
+    """A ``tqdm`` class for huggingface_hub that reports to ``hook`` and prints nothing."""
+    from tqdm.std import tqdm
+
+    class _Silent:
+        def write(self, text: str) -> int:
+            return len(text)
+
+        def flush(self) -> None:
+            pass
+
+    class HookedProgressBar(tqdm):
+        monitor_interval = 0  # no tqdm monitor thread
+
+        def __init__(self, *args, **kwargs) -> None:
+            kwargs.pop("name", None)  # huggingface_hub's tqdm subclass takes it, tqdm does not
+            kwargs["file"] = _Silent()
+            kwargs["disable"] = False  # counted, not shown
+            super().__init__(*args, **kwargs)
+            description = str(self.desc or "").rstrip(": ")
+            self._reported = not description.endswith(_XET_TRANSFER_SUFFIX)
+            self._filename = description.split(": ")[0] or "weights"
+            self._report()
+
+        def update(self, n: float | None = 1) -> bool | None:
+            shown = super().update(n)
+            self._report()
+            return shown
+
+        def _report(self) -> None:
+            if self._reported:
+                hook(DownloadProgress(self._filename, int(self.n), int(self.total or 0)))
+
+    return HookedProgressBar
 
 
 def _is_missing_file(exc: Exception) -> bool:

@@ -1,8 +1,8 @@
 """Running one long job at a time off the main thread, with a progress bar and a cancel button.
 
 A *job* is a generator function (STYLE rule 8). It yields progress, either a ``(done, total)``
-tuple or any object with ``done`` and ``total`` attributes (and optionally ``message``), and
-returns its result. :class:`BackgroundTask` runs it in a worker thread (the ``thread_worker``
+tuple or any object with ``done`` and ``total`` attributes (and optionally ``message`` for the
+label and ``text`` for the bar, e.g. the bytes of a download), and returns its result. :class:`BackgroundTask` runs it in a worker thread (the ``thread_worker``
 machinery napari uses, from ``superqt``) and calls the given callbacks on the main thread:
 
 - ``on_yielded(value)`` for every yielded value (after the progress bar is updated), so results
@@ -102,6 +102,19 @@ def progress_of(value: Any) -> tuple[int, int, str] | None:
     if isinstance(done, int | float) and isinstance(total, int | float):
         return int(done), int(total), str(getattr(value, "message", "") or "")
     return None
+
+
+MAX_BAR_VALUE = 2**31 - 1
+"""Largest value of a ``QProgressBar``; larger totals (bytes of a big download) are scaled down."""
+
+
+def bar_text_of(value: Any) -> str:
+    """The progress bar's text for a yielded value: its ``text`` (e.g. ``"12.3 / 375.0 MB"``)
+    when it has one, else the percentage."""
+    text = getattr(value, "text", None)
+    if isinstance(text, str) and text:
+        return text.replace("%", "%%")  # QProgressBar's format treats % as an escape
+    return "%p%"
 
 
 def _guarded_job(job: Callable[..., Generator], args: tuple, kwargs: dict) -> Generator:
@@ -223,8 +236,10 @@ class BackgroundTask(QWidget):
             if progress is not None:
                 done, total, message = progress
                 if total > 0:
-                    self.progress_bar.setRange(0, total)
-                    self.progress_bar.setValue(min(done, total))
+                    scale = -(-total // MAX_BAR_VALUE)  # QProgressBar counts in 32-bit ints
+                    self.progress_bar.setRange(0, total // scale)
+                    self.progress_bar.setValue(min(done, total) // scale)
+                self.progress_bar.setFormat(bar_text_of(value))
                 if message:
                     self.label.setText(f"{description}: {message}")
             if on_yielded is not None:

@@ -10,13 +10,16 @@ into the widget's own form, so their labels line up with the other rows):
 - *precision*: ``auto``, ``fp32``, ``bf16``, ``fp16``.
 
 :meth:`ModelPicker.request_model` loads the chosen model in the background (through a
-:class:`~napari_segany._napari._qt.background_task.BackgroundTask`) and keeps it in a small cache keyed
+:class:`~napari_segany._napari._qt.background_task.BackgroundTask`, whose bar shows the bytes of
+a download from the Hugging Face Hub, e.g. "120.5 / 375.0 MB") and keeps it in a small cache keyed
 by ``(source, device, precision)``, so switching back and forth does not reload weights. The cache
 belongs to the picker (and so to the widget that owns it), never to the module.
 """
 
 from __future__ import annotations
 
+import queue
+import threading
 from collections import OrderedDict
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
@@ -91,13 +94,61 @@ class LoadedModelCache:
 
 
 def load_model_job(
-    loader: ModelLoader, choice: ModelChoice
-) -> Generator[tuple[int, int], None, Any]:
-    """Job for :class:`BackgroundTask`: load one model, yielding ``(0, 1)`` then ``(1, 1)``."""
+    loader: ModelLoader,
+    choice: ModelChoice,
+    *,
+    should_stop: Callable[[], bool] | None = None,
+) -> Generator[Any, None, Any]:
+    """Job for :class:`BackgroundTask`: load one model.
+
+    Yields ``(0, 1)``, then a :class:`~napari_segany.checkpoints.DownloadProgress` (bytes done /
+    total of the file being fetched) whenever a download on the way reports progress, then
+    ``(1, 1)``. The loader runs in a helper thread inside
+    :func:`~napari_segany.checkpoints.report_download_progress`, whose reports this generator
+    yields (only the newest of a burst), so the bytes reach the progress bar while the loader
+    blocks. ``should_stop()`` true (*Cancel*) stops a running download at its next chunk.
+    """
     yield 0, 1
-    model = loader(choice.source, choice.device, choice.precision)
+    updates: queue.SimpleQueue = queue.SimpleQueue()
+    outcome: dict[str, Any] = {}
+
+    def report(progress: Any) -> None:
+        if should_stop is not None and should_stop():
+            from napari_segany.checkpoints import DownloadCancelled
+
+            raise DownloadCancelled("download cancelled")
+        updates.put(progress)
+
+    def load() -> None:
+        try:
+            from napari_segany.checkpoints import report_download_progress
+
+            with report_download_progress(report):
+                outcome["model"] = loader(choice.source, choice.device, choice.precision)
+        except BaseException as exc:  # handed to the job, which raises it in the worker
+            outcome["error"] = exc
+        finally:
+            updates.put(None)  # always the last item
+
+    helper = threading.Thread(target=load, name=f"loading {choice.source}", daemon=True)
+    helper.start()
+    finished = False
+    while not finished:
+        batch = [updates.get()]
+        while True:
+            try:
+                batch.append(updates.get_nowait())
+            except queue.Empty:
+                break
+        finished = batch[-1] is None
+        reports = [item for item in batch if item is not None]
+        if reports:
+            yield reports[-1]
+    helper.join()
+    if "error" in outcome:
+        raise outcome["error"]
     yield 1, 1
-    return model
+    return outcome["model"]
 
 
 class ModelPicker:
@@ -236,6 +287,7 @@ class ModelPicker:
             load_model_job,
             self.loader,
             choice,
+            should_stop=task.stop_requested,
             description=f"Loading {choice.source}",
             on_returned=loaded,
             on_error=on_error,
