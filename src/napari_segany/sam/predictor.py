@@ -412,19 +412,13 @@ class SamPredictor:
             full = out(height, width, dtype=torch.float32 if return_logits else torch.bool)
             self._upscale_one(frame, full, threshold)
             return full.numpy()
-        if tuple(frame.shape) == (height, width):
-            # The frame is the result: the tight window from row and column maxima of the
-            # (finite) logits, the same as ``(frame > threshold).any(axis)`` at a fraction of
-            # the cost (a row-wise ``any`` over a boolean 1024² map takes ~2 ms on one core).
-            rows = torch.nonzero(frame.amax(1) > threshold).flatten()
-            cols = torch.nonzero(frame.amax(0) > threshold).flatten()
-            window = None
-            if rows.numel():
-                window = (int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1)
-        else:
-            from napari_segany.sam.mask_upscaling import foreground_window
+        from napari_segany.sam.mask_upscaling import foreground_window
 
-            window = foreground_window(frame, (height, width), threshold)
+        window = foreground_window(frame, (height, width), threshold)
+        if tuple(frame.shape) == (height, width) and window is not None:
+            rows = torch.nonzero((frame > threshold).any(1)).flatten()
+            cols = torch.nonzero((frame > threshold).any(0)).flatten()
+            window = (int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1)
         if window is None:
             empty = np.zeros((0, 0), dtype=np.float32 if return_logits else bool)
             return empty, (0, 0)
