@@ -6,8 +6,9 @@ of a shared machine barely changes, and asserts :data:`MAX_GAP_S` on the wall-cl
 other processes on a loaded 2-core machine stretch (software OpenGL under Xvfb). Each test prints
 both. Measured at a load average of 5-6 on the shared 2-core machine (largest gap / most
 main-thread CPU): preview 0.04 / 0.015 s, commit of a 2048² object 0.09 / 0.04 s, propagation
-0.03 / 0.015 s, segment everything 0.15 / 0.07 s, SegGPT 0.18 / 0.08 s; the last two are napari
-adding the new labels layer (its visual, painting overlays and controls, in one call).
+0.03 / 0.015 s, segment everything 0.15 / 0.07 s, SegGPT 0.18 / 0.08 s (at a load average of 3:
+0.02, 0.06 and 0.08 s of largest gap); the last two are napari adding the new labels layer (its
+visual, painting overlays and controls, in one call).
 """
 
 from __future__ import annotations
