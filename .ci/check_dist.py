@@ -54,15 +54,23 @@ def main(dist: Path) -> int:
 
     with tarfile.open(sdists[0]) as sdist:
         sdist_names = {name.split("/", 1)[1] for name in sdist.getnames() if "/" in name}
-    for needed in ("LICENSE", "README.md", "pyproject.toml", "src/napari_segany/napari.yaml",
-                   "CHANGELOG.md", "CITATION.cff"):
+    for needed in (
+        "LICENSE",
+        "README.md",
+        "pyproject.toml",
+        "src/napari_segany/napari.yaml",
+        "CHANGELOG.md",
+        "CITATION.cff",
+    ):
         if needed not in sdist_names:
             problems.append(f"sdist lacks {needed}")
 
     for problem in problems:
         print(problem)
-    print(f"checked {wheels[0].name} ({len(wheel_names)} files) and {sdists[0].name}: "
-          f"{'OK' if not problems else f'{len(problems)} problem(s)'}")
+    print(
+        f"checked {wheels[0].name} ({len(wheel_names)} files) and {sdists[0].name}: "
+        f"{'OK' if not problems else f'{len(problems)} problem(s)'}"
+    )
     return 1 if problems else 0
 
 

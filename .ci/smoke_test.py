@@ -49,9 +49,17 @@ def main() -> None:
 
     torch.manual_seed(0)
     tiny = SamArchitecture(
-        image_size=128, encoder_embed_dim=48, encoder_depth=2, encoder_num_heads=4,
-        encoder_mlp_dim=96, encoder_global_attn_indexes=(1,), encoder_window_size=3,
-        prompt_embed_dim=32, mask_in_chans=8, decoder_mlp_dim=64, iou_head_hidden_dim=32,
+        image_size=128,
+        encoder_embed_dim=48,
+        encoder_depth=2,
+        encoder_num_heads=4,
+        encoder_mlp_dim=96,
+        encoder_global_attn_indexes=(1,),
+        encoder_window_size=3,
+        prompt_embed_dim=32,
+        mask_in_chans=8,
+        decoder_mlp_dim=64,
+        iou_head_hidden_dim=32,
     )
     model = build_sam(tiny).eval()
     image = np.zeros((200, 300), dtype=np.uint16)

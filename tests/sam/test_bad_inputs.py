@@ -103,7 +103,6 @@ def test_points_per_side_zero_is_a_value_error(predictor):
 
 def test_model_none_or_empty_is_a_clear_error():
     from napari_segany.sam.session_factory import open_sam_session
-
     from napari_segany.seggpt import SegGptPredictor
 
     with pytest.raises(ValueError, match="load_sam"):
