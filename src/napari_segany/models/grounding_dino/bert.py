@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from napari_segany.models.grounding_dino.config import BertConfig
+from .config import BertConfig
 
 
 class BertEmbeddings(nn.Module):

@@ -7,12 +7,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from napari_segany.models.grounding_dino.attention import MultiheadAttention
-from napari_segany.models.grounding_dino.config import GroundingDinoConfig
-from napari_segany.models.grounding_dino.deformable_attention import (
+from .attention import MultiheadAttention
+from .config import GroundingDinoConfig
+from .deformable_attention import (
     MultiscaleDeformableAttention,
 )
-from napari_segany.models.grounding_dino.position_encoding import coordinate_position_embedding
+from .position_encoding import coordinate_position_embedding
 
 
 class MLPHead(nn.Module):

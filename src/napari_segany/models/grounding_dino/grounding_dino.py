@@ -12,13 +12,13 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from napari_segany.models.grounding_dino.bert import BertTextEncoder
-from napari_segany.models.grounding_dino.config import GroundingDinoConfig
-from napari_segany.models.grounding_dino.decoder import GroundingDinoDecoder, MLPHead
-from napari_segany.models.grounding_dino.encoder import GroundingDinoEncoder
-from napari_segany.models.grounding_dino.position_encoding import feature_map_position_embedding
-from napari_segany.models.grounding_dino.swin import SwinBackbone
-from napari_segany.models.grounding_dino.text_masks import phrase_attention_masks
+from .bert import BertTextEncoder
+from .config import GroundingDinoConfig
+from .decoder import GroundingDinoDecoder, MLPHead
+from .encoder import GroundingDinoEncoder
+from .position_encoding import feature_map_position_embedding
+from .swin import SwinBackbone
+from .text_masks import phrase_attention_masks
 
 # [CLS], [SEP], "." and "?" in the bert-base-uncased vocabulary.
 DEFAULT_DELIMITER_TOKEN_IDS = (101, 102, 1012, 1029)

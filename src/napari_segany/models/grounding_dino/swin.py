@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from napari_segany.models.grounding_dino.config import SwinConfig
+from .config import SwinConfig
 
 
 class SwinPatchEmbeddings(nn.Module):
