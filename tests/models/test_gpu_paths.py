@@ -10,7 +10,8 @@ import pytest
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from napari_segany.models.relative_position import decomposed_rel_pos_terms, rel_pos_attention_cpu
+from napari_segany.models.cpu_attention import rel_pos_attention_cpu
+from napari_segany.models.relative_position import decomposed_rel_pos_terms
 from napari_segany.models.sam.rel_pos_attention import rel_pos_attention_sdpa
 from napari_segany.models.seggpt.attention import SegGptAttention
 

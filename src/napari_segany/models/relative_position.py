@@ -9,16 +9,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-# Above this many key tokens (global attention), the CPU attention works in query-row chunks of
-# one head; below it (windows) the bias is folded into one batched product.
-CPU_CHUNKED_MIN_TOKENS = 1024
-CPU_QUERY_ROWS = 512
-# Key grids narrower than this get the bias folded into the product even when chunked: a
-# broadcast add over short rows is slower than the longer product (measured on the CPU, bf16:
-# SegGPT's 56 x 28 grid 0.5 ms vs 1.1 ms per 512-query chunk; SAM's 64 x 64 the other way round,
-# 1.0 ms vs 1.7 ms).
-CPU_BROADCAST_MIN_WIDTH = 48
-
 
 def relative_position_table(q_size: int, k_size: int, rel_pos: torch.Tensor) -> torch.Tensor:
     """Gather the relative position embedding for every (query, key) pair along one axis.
@@ -102,86 +92,3 @@ def decomposed_rel_pos_bias(
     k_w = rel_w.shape[-1]
     bias = rel_h[:, :, :, None] + rel_w[:, :, None, :]
     return bias.reshape(batch, n_q, k_h * k_w)
-
-
-def rel_pos_attention_cpu(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    rel_h: torch.Tensor,
-    rel_w: torch.Tensor,
-    grid: tuple[int, int],
-) -> torch.Tensor:
-    """``softmax(q k^T / sqrt(d) + rel_h[..., :, None] + rel_w[..., None, :]) v`` with matrix products.
-
-    On the CPU this is faster than ``scaled_dot_product_attention`` with the bias as a mask
-    (which must be built in full): global attention is processed one head and a few hundred
-    query rows at a time, so the (rows, N) logits stay in cache; the two bias factors are
-    broadcast into the logits buffer and the product is accumulated onto them. Windowed
-    attention (few tokens) and narrow key grids fold the bias into the product instead
-    (queries extended by the bias factors, keys by their one-hot row and column).
-
-    Parameters
-    ----------
-    q
-        (BH, M, d) queries (any M; e.g. a subset of the grid's rows).
-    k, v
-        (BH, N, d) keys and values of the N = H * W tokens of a row-major grid.
-    rel_h, rel_w
-        (BH, M, H) and (BH, M, W) bias factors (:func:`decomposed_rel_pos_terms`), computed
-        from the unscaled queries.
-    grid
-        (H, W) key grid.
-
-    Returns
-    -------
-    torch.Tensor
-        (BH, M, d).
-    """
-    height, width = grid
-    bh, queries, dim = q.shape
-    tokens = k.shape[1]
-    q = q * dim**-0.5
-    fold_bias = tokens < CPU_CHUNKED_MIN_TOKENS or width < CPU_BROADCAST_MIN_WIDTH
-    if fold_bias:
-        # The bias enters the product itself: appending rel_h, rel_w to each query and the
-        # one-hot row and column of each key gives q.k + rel_h[row(k)] + rel_w[col(k)].
-        indicator = grid_indicator(height, width, dtype=q.dtype, device=q.device)
-        q = torch.cat([q, rel_h, rel_w], dim=-1)
-        k = torch.cat([k, indicator.expand(bh, -1, -1)], dim=-1)
-    if tokens < CPU_CHUNKED_MIN_TOKENS:  # windows: one batched product
-        logits = torch.bmm(q, k.transpose(1, 2))
-        return torch.bmm(torch.softmax(logits, dim=-1), v)
-    out = q.new_empty(bh, queries, dim)
-    keys_t = k.transpose(1, 2)
-    # One (rows, N) logits buffer. Without folding, the broadcast bias is written into it first
-    # and the product accumulated onto it (addmm_, beta = 1): one pass less than adding the two
-    # bias factors to the product afterwards.
-    chunk = min(CPU_QUERY_ROWS, queries)
-    buffer = q.new_empty(chunk, tokens)
-    for head in range(bh):
-        for start in range(0, queries, chunk):
-            rows = slice(start, start + chunk)
-            logits = buffer[: min(chunk, queries - start)]
-            if fold_bias:
-                torch.mm(q[head, rows], keys_t[head], out=logits)
-            else:
-                torch.add(
-                    rel_h[head, rows, :, None],
-                    rel_w[head, rows, None, :],
-                    out=logits.view(-1, height, width),
-                )
-                logits.addmm_(q[head, rows], keys_t[head])
-            torch.mm(torch.softmax(logits, dim=-1), v[head], out=out[head, rows])
-    return out
-
-
-def grid_indicator(
-    height: int, width: int, *, dtype: torch.dtype, device: torch.device
-) -> torch.Tensor:
-    """(H * W, H + W) one-hot rows and columns of the tokens of a row-major (H, W) grid."""
-    index = torch.arange(height * width, device=device)
-    indicator = torch.zeros(height * width, height + width, dtype=dtype, device=device)
-    indicator[index, index // width] = 1
-    indicator[index, height + index % width] = 1
-    return indicator

@@ -4,15 +4,10 @@ Two exact computations of ``softmax(q k^T / sqrt(d) + bias) v``:
 
 * ``scaled_dot_product_attention`` with the bias as an additive mask (CUDA, MPS): fused kernels.
 * On the CPU, where the fused kernel is slow with a mask, plain matrix products (oneDNN, fast in
-  bfloat16) and a softmax; the full bias is never built
-  (:func:`~napari_segany.models.relative_position.rel_pos_attention_cpu`, shared with SegGPT).
-  Global attention is processed one head and a few hundred query rows at a time, so the
-  (rows, N) logits stay in cache: the broadcast bias is written into them and ``q k^T`` is
-  accumulated onto it. Windowed attention folds the bias into the product (queries extended by
-  the bias factors, keys by their one-hot row and column).
+  bfloat16), one exponential and no softmax pass; the full bias is never built
+  (:func:`~napari_segany.models.cpu_attention.rel_pos_attention_cpu`, shared with SegGPT).
   Measured single-threaded on an AVX512-BF16 CPU, ViT-B, bf16, per layer: global 0.36 s versus
-  0.96 s with the masked fused kernel; windowed 0.056 s versus 0.071 s (before issue 12's
-  bias-accumulating product, which took another ~11 % off the global layers in CPU time).
+  0.96 s with the masked fused kernel, before the softmax-free version took another third off.
 
 The output projection can take the block's residual as its accumulator (``residual=``).
 """
@@ -23,14 +18,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..fused_linear import linear_then_bias, residual_plus_linear
-from ..relative_position import (
+from ..cpu_attention import (
     CPU_CHUNKED_MIN_TOKENS,
     CPU_QUERY_ROWS,
-    decomposed_rel_pos_terms,
     grid_indicator,
     rel_pos_attention_cpu,
 )
+from ..fused_linear import linear_then_bias, residual_plus_linear
+from ..relative_position import decomposed_rel_pos_terms
 
 __all__ = [
     "CPU_CHUNKED_MIN_TOKENS",

@@ -1,6 +1,6 @@
 """Global multi-head self-attention with decomposed relative position bias.
 
-On the CPU through :func:`~napari_segany.models.relative_position.rel_pos_attention_cpu` (query
+On the CPU through :func:`~napari_segany.models.cpu_attention.rel_pos_attention_cpu` (query
 chunks, the bias never built in full); elsewhere through ``scaled_dot_product_attention`` with
 the bias as an additive mask (fused kernels).
 """
@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..relative_position import rel_pos_attention_cpu
+from ..cpu_attention import rel_pos_attention_cpu
 
 
 def linear_inplace_bias(inputs: torch.Tensor, layer: nn.Linear) -> torch.Tensor:

@@ -1,0 +1,205 @@
+"""Attention with a decomposed relative position bias on the CPU, without a softmax pass.
+
+``softmax(q k^T / sqrt(d) + rel_h[row(k)] + rel_w[col(k)]) v`` for the SAM and SegGPT encoders.
+On the CPU the softmax over the (queries, keys) logits is the most expensive step of a small-head
+encoder: three passes over the logits (maximum, exponential and sum, normalisation), in bfloat16
+each a conversion to float and back. Here the logits pass through one exponential only:
+
+* The logits are in base 2 (queries and bias scaled by log2 e; ``exp2`` is cheaper than ``exp``)
+  and are not shifted by their row maximum: ``2 ** x`` is a normal float for |x| < 126, and
+  attention logits are far smaller.
+* In reduced precision the row sums come out of the value product: the values get a column of
+  ones. In float32 they are summed apart (a pairwise sum, as the softmax does): the product's
+  long accumulation would cost a few units in the sixth digit.
+* The normalisation divides the (queries, d + 1) result, not the (queries, keys) weights.
+
+A row whose sum is not finite or below ``2 ** -MAX_ROW_EXPONENT`` (a logit beyond the float
+range, or every weight tiny) is computed again with an ordinary softmax, so the result is always
+that of the softmax; the extra work is only ever spent on such rows. Without the shift, the
+rounding of the logits is that of the softmax path (which rounds the same logits before
+subtracting the maximum).
+
+The bias is applied in one of two ways:
+
+* Folded into the product: queries extended by the bias factors and keys by their one-hot row and
+  column. Used for windows (< ``CPU_CHUNKED_MIN_TOKENS`` tokens) and for narrow key grids.
+* Per key row (wide grids, SAM's global attention): for each key row the logits of a chunk of
+  queries are a small product whose extra column is that row's ``rel_h`` and whose accumulator is
+  ``rel_w`` broadcast, one ``baddbmm`` over the key rows; no pass of its own for the bias.
+
+Measured on a 2-core AVX512-BF16 CPU, bf16, SlimSAM-77: a global layer's attention 103 ms before
+(broadcast bias, product, softmax, value product), a windowed layer's 25 ms
+(``benchmarks/results/profile_cpu.md`` has the after).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+# Above this many key tokens (global attention), the work is done one head and at most
+# CPU_QUERY_ROWS queries at a time, so the logits stay in cache; below it (windows) in groups of
+# about CPU_WINDOW_GROUP_LOGITS logits.
+CPU_CHUNKED_MIN_TOKENS = 1024
+CPU_QUERY_ROWS = 512
+CPU_WINDOW_GROUP_LOGITS = 1 << 20
+# Key grids narrower than this get the bias folded into the product even when chunked: a
+# product per key row is inefficient for short rows (SegGPT's 56 x 28 grid).
+CPU_BROADCAST_MIN_WIDTH = 48
+# Rows whose sum of weights is not within 2 ** +-MAX_ROW_EXPONENT are recomputed with a softmax.
+# Below: the largest weight was under 2 ** -100, and weights much smaller than that would not be
+# normal floats. Above: close to overflowing the float range.
+MAX_ROW_EXPONENT = 100
+LOG2E = math.log2(math.e)
+
+__all__ = [
+    "CPU_BROADCAST_MIN_WIDTH",
+    "CPU_CHUNKED_MIN_TOKENS",
+    "CPU_QUERY_ROWS",
+    "grid_indicator",
+    "rel_pos_attention_cpu",
+]
+
+
+def rel_pos_attention_cpu(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    rel_h: torch.Tensor,
+    rel_w: torch.Tensor,
+    grid: tuple[int, int],
+) -> torch.Tensor:
+    """``softmax(q k^T / sqrt(d) + rel_h[..., :, None] + rel_w[..., None, :]) v``.
+
+    Parameters
+    ----------
+    q
+        (BH, M, d) queries (any M; e.g. a subset of the grid's rows).
+    k, v
+        (BH, N, d) keys and values of the N = H * W tokens of a row-major grid.
+    rel_h, rel_w
+        (BH, M, H) and (BH, M, W) bias factors
+        (:func:`~napari_segany.models.relative_position.decomposed_rel_pos_terms`), computed
+        from the unscaled queries.
+    grid
+        (H, W) key grid.
+
+    Returns
+    -------
+    torch.Tensor
+        (BH, M, d), in the dtype of ``q``.
+    """
+    if q.dtype == torch.float16:  # 2 ** 16 overflows float16: compute in float32
+        args = (t.float() for t in (q, k, v, rel_h, rel_w))
+        return rel_pos_attention_cpu(*args, grid).to(q.dtype)
+    height, width = grid
+    bh, queries, dim = q.shape
+    tokens = k.shape[1]
+    q = q * (dim**-0.5 * LOG2E)
+    rel_h = rel_h * LOG2E
+    rel_w = rel_w * LOG2E
+    if q.dtype != torch.float32:
+        # Values with a column of ones: the product's last column is the row sum of the weights.
+        v = torch.cat([v, v.new_ones(bh, tokens, 1)], dim=-1)
+    if tokens < CPU_CHUNKED_MIN_TOKENS or width < CPU_BROADCAST_MIN_WIDTH:
+        sums = _folded(q, k, v, rel_h, rel_w, grid)
+    else:
+        sums = _per_key_row(q, k, v, rel_h, rel_w, grid)
+    denominator = sums[..., dim:]
+    out = (sums[..., :dim] / denominator).to(q.dtype)
+    limit = 2.0**MAX_ROW_EXPONENT
+    redo = ~((denominator[..., 0] >= 1 / limit) & (denominator[..., 0] <= limit))  # also NaN
+    if bool(redo.any()):
+        _redo_rows(out, redo, q, k, v[..., :dim], rel_h, rel_w)
+    return out
+
+
+def _weighted_sums(weights: torch.Tensor, values: torch.Tensor, out: torch.Tensor) -> None:
+    """``out[..., :d] = weights @ values[..., :d]``, ``out[..., d] = weights.sum(-1)``: from the
+    column of ones if ``values`` has d + 1 columns, else summed apart."""
+    dim = out.shape[-1] - 1
+    if values.shape[-1] > dim:
+        out.copy_(weights @ values)
+    else:
+        out[..., :dim] = weights @ values
+        out[..., dim] = weights.sum(dim=-1)
+
+
+def _folded(q, k, values, rel_h, rel_w, grid) -> torch.Tensor:
+    """Weighted sums and row sums (BH, M, d + 1), float32, the bias folded into the product:
+    queries ``[q, rel_h, rel_w]``, keys ``[k, one-hot row, one-hot column]``."""
+    height, width = grid
+    bh, queries, _ = q.shape
+    tokens = k.shape[1]
+    q_ext = torch.cat([q, rel_h, rel_w], dim=-1)
+    indicator = grid_indicator(height, width, dtype=q.dtype, device=q.device)
+    k_ext = torch.cat([k, indicator.expand(bh, -1, -1)], dim=-1).transpose(1, 2)
+    sums = torch.empty(bh, queries, q.shape[-1] + 1, dtype=torch.float32)
+    if tokens < CPU_CHUNKED_MIN_TOKENS:  # windows: groups of whole windows
+        group = max(1, CPU_WINDOW_GROUP_LOGITS // (queries * tokens))
+        for start in range(0, bh, group):
+            part = slice(start, start + group)
+            weights = torch.bmm(q_ext[part], k_ext[part]).exp2_()
+            _weighted_sums(weights, values[part], sums[part])
+        return sums
+    chunk = min(CPU_QUERY_ROWS, queries)
+    buffer = q.new_empty(chunk, tokens)
+    for head in range(bh):
+        for start in range(0, queries, chunk):
+            rows = slice(start, start + chunk)
+            weights = buffer[: min(chunk, queries - start)]
+            torch.mm(q_ext[head, rows], k_ext[head], out=weights).exp2_()
+            _weighted_sums(weights, values[head], sums[head, rows])
+    return sums
+
+
+def _per_key_row(q, k, values, rel_h, rel_w, grid) -> torch.Tensor:
+    """Weighted sums and row sums (BH, M, d + 1), float32, one product per key row: for key row
+    ``r`` the queries ``[q, rel_h[:, r]]`` meet the keys ``[k, 1]`` of that row, accumulated onto
+    ``rel_w`` (``baddbmm`` over the key rows, weights laid out (H, queries, W))."""
+    height, width = grid
+    bh, queries, dim = q.shape
+    chunk = min(CPU_QUERY_ROWS, queries)
+    sums = torch.empty(bh, queries, dim + 1, dtype=torch.float32)
+    q_ext = q.new_empty(height, chunk, dim + 1)
+    keys = k.new_ones(height, dim + 1, width)
+    weights = q.new_empty(height, chunk, width)
+    products = q.new_empty(height, chunk, values.shape[-1])
+    for head in range(bh):
+        keys[:, :dim] = k[head].view(height, width, dim).transpose(1, 2)
+        head_values = values[head].view(height, width, -1)
+        for start in range(0, queries, chunk):
+            n = min(chunk, queries - start)
+            rows = slice(start, start + n)
+            q_part, w_part, p_part = q_ext[:, :n], weights[:, :n], products[:, :n]
+            q_part[..., :dim] = q[head, rows]
+            q_part[..., dim] = rel_h[head, rows].t()
+            torch.baddbmm(rel_w[head, rows][None], q_part, keys, out=w_part).exp2_()
+            torch.bmm(w_part, head_values, out=p_part)
+            torch.sum(p_part, dim=0, dtype=torch.float32, out=sums[head, rows, : p_part.shape[-1]])
+            if p_part.shape[-1] == dim:  # float32: the row sums apart
+                sums[head, rows, dim] = w_part.sum(dim=-1).sum(dim=0)
+    return sums
+
+
+def _redo_rows(out, redo, q, k, v, rel_h, rel_w) -> None:
+    """Recompute the ``redo`` (BH, M) rows of ``out`` with an ordinary softmax, in float64 (the
+    base-2 logits of such rows are large)."""
+    for head in redo.any(dim=1).nonzero().flatten().tolist():
+        rows = redo[head].nonzero().flatten()
+        bias = rel_h[head, rows, :, None].double() + rel_w[head, rows, None, :].double()
+        logits = q[head, rows].double() @ k[head].double().t() + bias.flatten(1)
+        weights = torch.softmax(logits * math.log(2.0), dim=-1)
+        out[head, rows] = (weights @ v[head].double()).to(out.dtype)
+
+
+def grid_indicator(
+    height: int, width: int, *, dtype: torch.dtype, device: torch.device
+) -> torch.Tensor:
+    """(H * W, H + W) one-hot rows and columns of the tokens of a row-major (H, W) grid."""
+    index = torch.arange(height * width, device=device)
+    indicator = torch.zeros(height * width, height + width, dtype=dtype, device=device)
+    indicator[index, index // width] = 1
+    indicator[index, height + index % width] = 1
+    return indicator
