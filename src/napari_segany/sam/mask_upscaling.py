@@ -18,7 +18,13 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-__all__ = ["bilinear_taps", "foreground_window", "resize_bilinear_window", "upscale_into"]
+__all__ = [
+    "bilinear_taps",
+    "foreground_window",
+    "positive_bounding_box",
+    "resize_bilinear_window",
+    "upscale_into",
+]
 
 BAND_ELEMENTS = 4 * 2**20
 """Float elements computed at once (16 MiB per temporary)."""
@@ -63,17 +69,28 @@ def foreground_window(
 
     ``logits`` is (h, w); ``size`` the output (H, W). ``None`` when no value exceeds ``threshold``.
     """
-    positive = logits > threshold
-    rows = torch.nonzero(positive.any(dim=1)).flatten()
-    if rows.numel() == 0:
+    box = positive_bounding_box(logits, threshold)
+    if box is None:
         return None
-    cols = torch.nonzero(positive.any(dim=0)).flatten()
     height, width = logits.shape
-    row_reach = _reach(*bilinear_taps(height, size[0])[:2], int(rows[0]), int(rows[-1]))
-    col_reach = _reach(*bilinear_taps(width, size[1])[:2], int(cols[0]), int(cols[-1]))
+    row_reach = _reach(*bilinear_taps(height, size[0])[:2], box[0], box[1] - 1)
+    col_reach = _reach(*bilinear_taps(width, size[1])[:2], box[2], box[3] - 1)
     if row_reach is None or col_reach is None:
         return None
     return (*row_reach, *col_reach)
+
+
+def positive_bounding_box(
+    logits: torch.Tensor, threshold: float
+) -> tuple[int, int, int, int] | None:
+    """``(row0, row1, col0, col1)``: the smallest window holding every value of the (h, w) map
+    above ``threshold``; ``None`` if there is none. From row and column maxima (float
+    reductions, several times faster than boolean ones)."""
+    rows = torch.nonzero(logits.amax(dim=1) > threshold).flatten()
+    if rows.numel() == 0:
+        return None
+    cols = torch.nonzero(logits.amax(dim=0) > threshold).flatten()
+    return int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
 
 
 def resize_bilinear_window(

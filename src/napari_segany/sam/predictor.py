@@ -417,13 +417,12 @@ class SamPredictor:
             full = out(height, width, dtype=torch.float32 if return_logits else torch.bool)
             self._upscale_one(frame, full, threshold)
             return full.numpy()
-        from napari_segany.sam.mask_upscaling import foreground_window
+        from napari_segany.sam.mask_upscaling import foreground_window, positive_bounding_box
 
-        window = foreground_window(frame, (height, width), threshold)
-        if tuple(frame.shape) == (height, width) and window is not None:
-            rows = torch.nonzero((frame > threshold).any(1)).flatten()
-            cols = torch.nonzero((frame > threshold).any(0)).flatten()
-            window = (int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1)
+        if tuple(frame.shape) == (height, width):  # no resize: the exact bounding box
+            window = positive_bounding_box(frame, threshold)
+        else:
+            window = foreground_window(frame, (height, width), threshold)
         if window is None:
             empty = np.zeros((0, 0), dtype=np.float32 if return_logits else bool)
             return empty, (0, 0)

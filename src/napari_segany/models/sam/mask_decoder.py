@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .layers import LayerNorm2d, MultiLayerPerceptron
-from .two_way_transformer import TwoWayTransformer
+from .two_way_transformer import ImageProjections, TwoWayTransformer
 
 
 class MaskDecoder(nn.Module):
@@ -57,6 +57,7 @@ class MaskDecoder(nn.Module):
         sparse_prompt_embeddings: torch.Tensor,
         dense_prompt_embeddings: torch.Tensor,
         multimask_output: bool,
+        projections: tuple[ImageProjections, ImageProjections] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Predict masks for B prompts on one image (or B images).
 
@@ -72,6 +73,9 @@ class MaskDecoder(nn.Module):
             (B, C, h, w) mask embeddings.
         multimask_output
             Return the ``num_multimask_outputs`` ambiguity-aware masks instead of the single mask.
+        projections
+            :meth:`project_image` of these image embeddings and dense embeddings (then those
+            two are not read again): the prompt-independent work, done once per image.
 
         Returns
         -------
@@ -89,14 +93,13 @@ class MaskDecoder(nn.Module):
             ],
             dim=1,
         )
-        if dense_prompt_embeddings.shape[0] > 1 and dense_prompt_embeddings.stride(0) == 0:
-            dense_prompt_embeddings = dense_prompt_embeddings[:1]  # "no mask": one for all prompts
-        src = image_embeddings + dense_prompt_embeddings
-        _, channels, height, width = src.shape
-        # Channels last, (B or 1, h * w, C): the layout of every product below.
-        image_tokens = src.permute(0, 2, 3, 1).reshape(src.shape[0], height * width, channels)
-        image_pe = image_pe.permute(0, 2, 3, 1).reshape(1, height * width, channels)
-        hs, keys = self.transformer(image_tokens, image_pe, tokens)
+        _, channels, height, width = image_pe.shape
+        flat_pe = image_pe.permute(0, 2, 3, 1).reshape(1, height * width, channels)
+        if projections is None:
+            image_tokens = self._image_tokens(image_embeddings, dense_prompt_embeddings)
+        else:
+            image_tokens = projections[0].tokens
+        hs, keys = self.transformer(image_tokens, flat_pe, tokens, projections)
         selected = range(1, self.num_mask_tokens) if multimask_output else range(1)
         # Only the selected masks are computed: same values, less work.
         hyper_in = torch.stack(
@@ -106,6 +109,34 @@ class MaskDecoder(nn.Module):
         iou_pred = self.iou_prediction_head(hs[:, 0, :])
         iou_pred = iou_pred[:, 1:] if multimask_output else iou_pred[:, :1]
         return masks, iou_pred
+
+    def project_image(
+        self,
+        image_embeddings: torch.Tensor,
+        image_pe: torch.Tensor,
+        dense_prompt_embeddings: torch.Tensor,
+    ) -> tuple[ImageProjections, ImageProjections]:
+        """The prompt-independent part of :meth:`forward` for one image: its ``projections``.
+
+        ``image_embeddings`` (1, C, h, w); ``dense_prompt_embeddings`` (1, C, h, w), the same
+        for every prompt that will use the result (the "no mask" embedding).
+        """
+        _, channels, height, width = image_pe.shape
+        flat_pe = image_pe.permute(0, 2, 3, 1).reshape(1, height * width, channels)
+        tokens = self._image_tokens(image_embeddings, dense_prompt_embeddings[:1])
+        return self.transformer.project_image(tokens, flat_pe)
+
+    @staticmethod
+    def _image_tokens(image_embeddings: torch.Tensor, dense: torch.Tensor) -> torch.Tensor:
+        """(B or 1, C, h, w) embeddings + dense embeddings -> (B or 1, h * w, C) contiguous, the
+        channels-last layout of every product of the decoder."""
+        if dense.shape[0] > 1 and dense.stride(0) == 0:
+            dense = dense[:1]  # "no mask": one for all prompts
+        src = image_embeddings + dense
+        batch, channels, height, width = src.shape
+        out = torch.empty(batch, height, width, channels, dtype=src.dtype, device=src.device)
+        out.copy_(src.permute(0, 2, 3, 1))
+        return out.view(batch, height * width, channels)
 
     def _upscale_and_project(self, src: torch.Tensor, hyper_in: torch.Tensor) -> torch.Tensor:
         """``hyper_in @ output_upscaling(src)``, computed channels last.

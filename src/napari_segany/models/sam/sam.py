@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 from typing import Any
 
@@ -113,16 +114,52 @@ class Sam(nn.Module):
         sparse, dense = self.prompt_encoder(points=points, boxes=boxes, masks=mask_input)
         compiled = self.__dict__.get("_compiled_mask_decoder")
         decoder = compiled if compiled is not None else self.mask_decoder
+        projections = None
+        if compiled is None and mask_input is None:
+            projections = self._image_projections(image_embeddings)
         low_res, iou = decoder(
             image_embeddings=image_embeddings.to(self.dtype),
             image_pe=self.prompt_encoder.get_dense_pe(),
             sparse_prompt_embeddings=sparse,
             dense_prompt_embeddings=dense,
             multimask_output=multimask_output,
+            projections=projections,
         )
         if compiled is not None:  # CUDA graphs reuse their output buffers on the next call
             return low_res.clone(), iou.clone()
         return low_res, iou
+
+    def _image_projections(self, image_embeddings: torch.Tensor):
+        """The decoder's prompt-independent image side for ``image_embeddings`` (batch 1, no mask
+        input), computed on the first prompt and reused while the embedding tensor and the
+        weights it depends on are unchanged; ``None`` when gradients are on (training) or for a
+        batch of images."""
+        if image_embeddings.shape[0] != 1 or torch.is_grad_enabled():
+            return None
+        key = (_tensor_key(image_embeddings), *map(_tensor_key, self._projection_inputs()))
+        cached = self.__dict__.get("_cached_projections")
+        if cached is not None and cached[0] == key and cached[1]() is image_embeddings:
+            return cached[2]
+        dense = self.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1)
+        projections = self.mask_decoder.project_image(
+            image_embeddings.to(self.dtype), self.prompt_encoder.get_dense_pe(), dense
+        )
+        self.__dict__["_cached_projections"] = (key, weakref.ref(image_embeddings), projections)
+        return projections
+
+    def _projection_inputs(self) -> list[torch.Tensor]:
+        """The parameters and buffers :meth:`MaskDecoder.project_image` reads."""
+        first = self.mask_decoder.transformer.layers[0]
+        to_image, to_tokens = first.cross_attn_token_to_image, first.cross_attn_image_to_token
+        return [
+            self.prompt_encoder.no_mask_embed.weight,
+            self.prompt_encoder.get_dense_pe(),
+            to_image.k_proj.weight,
+            to_image.v_proj.weight,
+            to_image.v_proj.bias,
+            to_tokens.q_proj.weight,
+            to_tokens.q_proj.bias,
+        ]
 
     def compile_decoder(self, *, mode: str | None = "reduce-overhead") -> None:
         """Opt in to ``torch.compile`` of the mask decoder (with CUDA graphs on a GPU).
@@ -140,3 +177,14 @@ class Sam(nn.Module):
     def uncompile_decoder(self) -> None:
         """Undo :meth:`compile_decoder`."""
         self.__dict__.pop("_compiled_mask_decoder", None)
+
+
+def _tensor_key(tensor: torch.Tensor) -> tuple:
+    """Identity of a tensor's storage and contents for a cache: address, shape, dtype, device and
+    in-place version (inference tensors keep no version: they cannot be changed outside
+    inference mode, and nothing here changes them inside it)."""
+    try:
+        version = tensor._version
+    except RuntimeError:
+        version = None
+    return (tensor.data_ptr(), tuple(tensor.shape), tensor.dtype, tensor.device, version)

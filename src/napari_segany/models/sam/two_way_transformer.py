@@ -6,15 +6,48 @@ The attentions between the few prompt tokens (about 7) and the many image tokens
 computed without projecting every image token to queries, keys or values: the projections are
 folded into the token side by associativity (``(X W^T) K^T = X (W^T K^T)``, and softmax rows sum to
 one). Same result up to rounding, about half the arithmetic of the click-to-mask path.
+
+The first layer's image-side projections do not depend on the prompts (the image tokens have not
+been updated yet): :class:`ImageProjections` holds them, computed once per image embedding
+(:meth:`TwoWayTransformer.project_image`), so a click only pays for the products with its few
+tokens there.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from .layers import FeedForward
+
+
+@dataclass(frozen=True)
+class ImageProjections:
+    """Prompt-independent image side of the first two-way block, for one image (batch 1).
+
+    Attributes
+    ----------
+    tokens
+        (1, N, C) image tokens (embedding plus the "no mask" dense embedding), contiguous.
+    tokens_pe
+        (1, N, C) ``tokens`` plus the positional encoding.
+    keys_t
+        (heads, d, N) token-to-image keys, ``k_proj(tokens_pe)`` without its bias (a bias shifts
+        every logit of a softmax row equally), transposed.
+    values
+        (heads, N, d) token-to-image values, ``v_proj(tokens)``.
+    queries_t
+        (heads, d, N) image-to-token queries, ``q_proj(tokens_pe)``, transposed.
+    """
+
+    tokens: torch.Tensor
+    tokens_pe: torch.Tensor
+    keys_t: torch.Tensor
+    values: torch.Tensor
+    queries_t: torch.Tensor
 
 
 class DownsampledAttention(nn.Module):
@@ -39,6 +72,16 @@ class DownsampledAttention(nn.Module):
         """``layer(x)`` for (B, T, C) through a 2D product (3D bf16 inputs take a slow CPU path)."""
         return layer(x.reshape(-1, x.shape[-1])).view(*x.shape[:-1], -1)
 
+    def project_heads(
+        self, layer: nn.Linear, image: torch.Tensor, *, bias: bool = True, transpose: bool = False
+    ) -> torch.Tensor:
+        """(1, N, C) image tokens -> (heads, N, d), or (heads, d, N) with ``transpose``."""
+        out = F.linear(image[0], layer.weight, layer.bias if bias else None)
+        out = out.view(-1, self.num_heads, self.head_dim)
+        if transpose:
+            return out.permute(1, 2, 0).contiguous()
+        return out.transpose(0, 1).contiguous()
+
     def _split_heads(self, x: torch.Tensor) -> torch.Tensor:
         batch, tokens, _ = x.shape
         return x.reshape(batch, tokens, self.num_heads, self.head_dim).transpose(1, 2)
@@ -53,7 +96,10 @@ class DownsampledAttention(nn.Module):
         return self._project(self.out_proj, out.transpose(1, 2).reshape(batch, tokens, -1))
 
     def tokens_to_image(
-        self, tokens: torch.Tensor, image_keys: torch.Tensor, image_values: torch.Tensor
+        self,
+        tokens: torch.Tensor,
+        image_keys: torch.Tensor | ImageProjections,
+        image_values: torch.Tensor | None,
     ) -> torch.Tensor:
         """Few token queries attend to many image keys; same result as ``forward``.
 
@@ -62,7 +108,8 @@ class DownsampledAttention(nn.Module):
         tokens
             (B, T, C) queries.
         image_keys, image_values
-            (B or 1, N, C) image tokens (with and without positional encoding).
+            (B or 1, N, C) image tokens (with and without positional encoding); or this
+            attention's :class:`ImageProjections` of one image (``image_values`` unused).
 
         Returns
         -------
@@ -72,6 +119,13 @@ class DownsampledAttention(nn.Module):
         batch, n_tokens, channels = tokens.shape
         heads, head_dim = self.num_heads, self.head_dim
         q = self._project(self.q_proj, tokens).reshape(batch, n_tokens, heads, head_dim)
+        if isinstance(image_keys, ImageProjections):  # projected once per image
+            # (heads, B * T, d) queries against (heads, d, N) keys: one product per head.
+            q = q.permute(2, 0, 1, 3).reshape(heads, batch * n_tokens, head_dim) * head_dim**-0.5
+            probs = torch.softmax(torch.bmm(q, image_keys.keys_t), dim=-1)
+            out = torch.bmm(probs, image_keys.values).view(heads, batch, n_tokens, head_dim)
+            out = out.permute(1, 2, 0, 3).reshape(batch, n_tokens, heads * head_dim)
+            return self._project(self.out_proj, out)
         # Fold the key projection into the queries; its bias shifts every logit of a row equally.
         folded = torch.einsum(
             "bthd,hdc->bhtc", q, self.k_proj.weight.view(heads, head_dim, channels)
@@ -97,7 +151,7 @@ class DownsampledAttention(nn.Module):
 
     def image_to_tokens(
         self,
-        image_queries: torch.Tensor,
+        image_queries: torch.Tensor | ImageProjections,
         tokens: torch.Tensor,
         token_values: torch.Tensor,
         residual: torch.Tensor | None = None,
@@ -107,7 +161,8 @@ class DownsampledAttention(nn.Module):
         Parameters
         ----------
         image_queries
-            (B or 1, N, C) image tokens with positional encoding.
+            (B or 1, N, C) image tokens with positional encoding; or this attention's
+            :class:`ImageProjections` of one image.
         tokens, token_values
             (B, T, C) keys and values.
         residual
@@ -125,6 +180,13 @@ class DownsampledAttention(nn.Module):
             * head_dim**-0.5
         )
         v = self._project(self.v_proj, token_values).reshape(batch, n_tokens, heads, head_dim)
+        if isinstance(image_queries, ImageProjections):  # projected once per image
+            queries_t = image_queries.queries_t
+            n_image = queries_t.shape[-1]
+            keys = k.permute(2, 0, 1, 3).reshape(heads, batch * n_tokens, head_dim)
+            logits = torch.bmm(keys, queries_t).view(heads, batch, n_tokens, n_image)
+            logits = logits.transpose(0, 1) if batch > 1 else logits.view(1, heads, n_tokens, -1)
+            return self._mix_projected_values(logits, v, residual)
         # Fold the query projection into the keys: logits = X (W_q^T K^T) + b_q K^T.
         folded = torch.einsum(
             "hdc,bthd->bcht", self.q_proj.weight.view(heads, head_dim, channels), k
@@ -143,7 +205,17 @@ class DownsampledAttention(nn.Module):
                 folded.reshape(batch, channels, heads * n_tokens),
             ).transpose(1, 2)
         logits = logits.contiguous().view(batch, heads, n_tokens, n_image)
-        probs = torch.softmax(logits, dim=2).view(batch, heads * n_tokens, n_image)
+        return self._mix_projected_values(logits, v, residual)
+
+    def _mix_projected_values(
+        self, logits: torch.Tensor, v: torch.Tensor, residual: torch.Tensor | None
+    ) -> torch.Tensor:
+        """Softmax over the tokens of (B, heads, T, N) logits, then the values with the output
+        projection folded in: (B, N, C) (+ residual)."""
+        batch, heads, n_tokens, n_image = logits.shape
+        channels = self.out_proj.out_features
+        head_dim = self.head_dim
+        probs = torch.softmax(logits, dim=2).reshape(batch, heads * n_tokens, n_image)
         # Fold the output projection into the values: out = sum_h P_h (V_h W_o,h^T) + b_o.
         out_weight = self.out_proj.weight.view(channels, heads, head_dim)
         projected_values = torch.einsum("bthd,chd->bhtc", v, out_weight).reshape(
@@ -193,10 +265,13 @@ class TwoWayAttentionBlock(nn.Module):
         keys: torch.Tensor,
         query_pe: torch.Tensor,
         key_pe: torch.Tensor,
+        projections: tuple[ImageProjections, ImageProjections] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """queries (B, T, C), keys (B or 1, N, C) and their positional encodings -> updated both.
 
         ``keys`` may have batch 1 for B prompts on one image; the returned keys have batch B.
+        ``projections`` (token-to-image, image-to-token) are this block's image side computed
+        beforehand from ``keys`` (:meth:`TwoWayTransformer.project_image`).
         """
         if self.skip_first_layer_pe:
             queries = self.self_attn(queries, queries, queries)
@@ -205,16 +280,20 @@ class TwoWayAttentionBlock(nn.Module):
             queries = queries + self.self_attn(q, q, queries)
         queries = self.norm1(queries)
 
-        k = keys + key_pe  # keys do not change until the last step: used twice
+        if projections is None:
+            k = keys + key_pe  # keys do not change until the last step: used twice
+            to_image, to_tokens = (k, keys), k
+        else:
+            to_image, to_tokens = (projections[0], None), projections[1]
         q = queries + query_pe
-        queries = self.norm2(queries + self.cross_attn_token_to_image.tokens_to_image(q, k, keys))
+        queries = self.norm2(queries + self.cross_attn_token_to_image.tokens_to_image(q, *to_image))
         queries = self.norm3(
             queries + self.mlp(queries.reshape(-1, queries.shape[-1])).view_as(queries)
         )
 
         q = queries + query_pe
         keys = self.norm4(
-            self.cross_attn_image_to_token.image_to_tokens(k, q, queries, residual=keys)
+            self.cross_attn_image_to_token.image_to_tokens(to_tokens, q, queries, residual=keys)
         )
         return queries, keys
 
@@ -250,8 +329,37 @@ class TwoWayTransformer(nn.Module):
         )
         self.norm_final_attn = nn.LayerNorm(embed_dim, eps=final_layer_norm_eps)
 
+    def project_image(
+        self, image_tokens: torch.Tensor, image_pe: torch.Tensor
+    ) -> tuple[ImageProjections, ImageProjections]:
+        """The first block's prompt-independent image side, for :meth:`forward`'s ``projections``.
+
+        ``image_tokens`` (1, h * w, C) and ``image_pe`` (1, h * w, C) as for :meth:`forward`.
+        Both returned objects share ``tokens`` and ``tokens_pe``; the first carries the
+        token-to-image keys and values, the second the image-to-token queries.
+        """
+        if image_tokens.shape[0] != 1:
+            raise ValueError(f"one image at a time, not {image_tokens.shape[0]}")
+        first = self.layers[0]
+        tokens = image_tokens.contiguous()
+        tokens_pe = tokens + image_pe
+        to_image = first.cross_attn_token_to_image
+        keys_t = to_image.project_heads(to_image.k_proj, tokens_pe, bias=False, transpose=True)
+        values = to_image.project_heads(to_image.v_proj, tokens)
+        to_tokens = first.cross_attn_image_to_token
+        queries_t = to_tokens.project_heads(to_tokens.q_proj, tokens_pe, transpose=True)
+        empty = tokens.new_empty(0)
+        return (
+            ImageProjections(tokens, tokens_pe, keys_t, values, empty),
+            ImageProjections(tokens, tokens_pe, empty, empty, queries_t),
+        )
+
     def forward(
-        self, image_tokens: torch.Tensor, image_pe: torch.Tensor, point_embedding: torch.Tensor
+        self,
+        image_tokens: torch.Tensor,
+        image_pe: torch.Tensor,
+        point_embedding: torch.Tensor,
+        projections: tuple[ImageProjections, ImageProjections] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Run the transformer.
 
@@ -259,11 +367,14 @@ class TwoWayTransformer(nn.Module):
         ----------
         image_tokens
             (B or 1, h * w, C) image embedding (plus dense prompt embedding), row-major over
-            (h, w), channels last.
+            (h, w), channels last. Ignored when ``projections`` are given.
         image_pe
             (1, h * w, C) positional encoding of the image grid, same layout.
         point_embedding
             (B, T, C) output tokens followed by the sparse prompt embeddings.
+        projections
+            :meth:`project_image` of the image tokens: the first block's image side, computed
+            once per image instead of once per prompt.
 
         Returns
         -------
@@ -272,10 +383,12 @@ class TwoWayTransformer(nn.Module):
         keys
             (B, h * w, C) processed image tokens.
         """
-        keys = image_tokens
+        keys = image_tokens if projections is None else projections[0].tokens
         queries = point_embedding
-        for layer in self.layers:
-            queries, keys = layer(queries, keys, point_embedding, image_pe)
+        for i, layer in enumerate(self.layers):
+            queries, keys = layer(
+                queries, keys, point_embedding, image_pe, projections if i == 0 else None
+            )
         q = queries + point_embedding
         k = keys + image_pe
         queries = self.norm_final_attn(
