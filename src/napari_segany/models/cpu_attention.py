@@ -8,9 +8,11 @@ each a conversion to float and back. Here the logits pass through one exponentia
 * The logits are in base 2 (queries and bias scaled by log2 e; ``exp2`` is cheaper than ``exp``)
   and are not shifted by their row maximum: ``2 ** x`` is a normal float for |x| < 126, and
   attention logits are far smaller.
-* In reduced precision the row sums come out of the value product: the values get a column of
-  ones. In float32 they are summed apart (a pairwise sum, as the softmax does): the product's
-  long accumulation would cost a few units in the sixth digit.
+* In reduced precision and for head widths that are not a multiple of 16 (SlimSAM's 14) the row
+  sums come out of the value product: the values get a column of ones. Otherwise they are summed
+  apart: in float32 with a pairwise sum, as the softmax does (the product's long accumulation
+  would cost a few units in the sixth digit), and for 64-wide heads one more column would cost
+  the product a whole block of 16.
 * The normalisation divides the (queries, d + 1) result, not the (queries, keys) weights.
 
 A row whose sum is not finite or below ``2 ** -MAX_ROW_EXPONENT`` (a logit beyond the float
@@ -47,6 +49,11 @@ CPU_WINDOW_GROUP_LOGITS = 1 << 20
 # Key grids narrower than this get the bias folded into the product even when chunked: a
 # product per key row is inefficient for short rows (SegGPT's 56 x 28 grid).
 CPU_BROADCAST_MIN_WIDTH = 48
+# Head widths up to this use one product per key row (SlimSAM: 14); wider heads (ViT-B/L/H: 64)
+# broadcast the bias into the logits and accumulate the product onto it, as the per-row queries
+# would be as large as the logits (measured: a ViT-B global layer 130 ms vs 167 ms, SlimSAM's
+# 66 ms vs 77 ms, bf16, 2 threads).
+CPU_PER_KEY_ROW_MAX_DIM = 32
 # Rows whose sum of weights is not within 2 ** +-MAX_ROW_EXPONENT are recomputed with a softmax.
 # Below: the largest weight was under 2 ** -100, and weights much smaller than that would not be
 # normal floats. Above: close to overflowing the float range.
@@ -56,6 +63,7 @@ LOG2E = math.log2(math.e)
 __all__ = [
     "CPU_BROADCAST_MIN_WIDTH",
     "CPU_CHUNKED_MIN_TOKENS",
+    "CPU_PER_KEY_ROW_MAX_DIM",
     "CPU_QUERY_ROWS",
     "grid_indicator",
     "rel_pos_attention_cpu",
@@ -99,50 +107,57 @@ def rel_pos_attention_cpu(
     q = q * (dim**-0.5 * LOG2E)
     rel_h = rel_h * LOG2E
     rel_w = rel_w * LOG2E
-    if q.dtype != torch.float32:
-        # Values with a column of ones: the product's last column is the row sum of the weights.
+    if q.dtype != torch.float32 and dim % 16:
+        # Values with a column of ones: the product's last column is the row sum of the weights
+        # (free where the product pads its columns to a multiple of 16 anyway).
         v = torch.cat([v, v.new_ones(bh, tokens, 1)], dim=-1)
+    out = q.new_empty(bh, queries, dim)
+    row_sums = torch.empty(bh, queries, dtype=torch.float32)
     if tokens < CPU_CHUNKED_MIN_TOKENS or width < CPU_BROADCAST_MIN_WIDTH:
-        sums = _folded(q, k, v, rel_h, rel_w, grid)
+        _folded(q, k, v, rel_h, rel_w, grid, out, row_sums)
+    elif dim <= CPU_PER_KEY_ROW_MAX_DIM:
+        _per_key_row(q, k, v, rel_h, rel_w, grid, out, row_sums)
     else:
-        sums = _per_key_row(q, k, v, rel_h, rel_w, grid)
-    denominator = sums[..., dim:]
-    out = (sums[..., :dim] / denominator).to(q.dtype)
+        _broadcast_bias(q, k, v, rel_h, rel_w, grid, out, row_sums)
     limit = 2.0**MAX_ROW_EXPONENT
-    redo = ~((denominator[..., 0] >= 1 / limit) & (denominator[..., 0] <= limit))  # also NaN
+    redo = ~((row_sums >= 1 / limit) & (row_sums <= limit))  # also NaN
     if bool(redo.any()):
         _redo_rows(out, redo, q, k, v[..., :dim], rel_h, rel_w)
     return out
 
 
-def _weighted_sums(weights: torch.Tensor, values: torch.Tensor, out: torch.Tensor) -> None:
-    """``out[..., :d] = weights @ values[..., :d]``, ``out[..., d] = weights.sum(-1)``: from the
-    column of ones if ``values`` has d + 1 columns, else summed apart."""
-    dim = out.shape[-1] - 1
-    if values.shape[-1] > dim:
-        out.copy_(weights @ values)
+def _normalise(
+    products: torch.Tensor, weights: torch.Tensor, out: torch.Tensor, row_sums: torch.Tensor
+) -> None:
+    """``out = products[..., :d] / row sums`` and ``row_sums`` (float32) = the row sums of
+    ``weights``: the last column of ``products`` when it has d + 1 (values with a column of
+    ones), else summed apart (float32 stays float32; bfloat16 sums accumulate in float32)."""
+    dim = out.shape[-1]
+    if products.shape[-1] > dim:
+        sums = products[..., dim:]
+        products = products[..., :dim]
     else:
-        out[..., :dim] = weights @ values
-        out[..., dim] = weights.sum(dim=-1)
+        sums = weights.sum(dim=-1, keepdim=True)
+    torch.div(products, sums, out=out)
+    row_sums.copy_(sums[..., 0])
 
 
-def _folded(q, k, values, rel_h, rel_w, grid) -> torch.Tensor:
-    """Weighted sums and row sums (BH, M, d + 1), float32, the bias folded into the product:
-    queries ``[q, rel_h, rel_w]``, keys ``[k, one-hot row, one-hot column]``."""
+def _folded(q, k, values, rel_h, rel_w, grid, out, row_sums) -> None:
+    """The bias folded into the product: queries ``[q, rel_h, rel_w]``, keys
+    ``[k, one-hot row, one-hot column]``. Fills ``out`` (BH, M, d) and ``row_sums`` (BH, M)."""
     height, width = grid
     bh, queries, _ = q.shape
     tokens = k.shape[1]
     q_ext = torch.cat([q, rel_h, rel_w], dim=-1)
     indicator = grid_indicator(height, width, dtype=q.dtype, device=q.device)
     k_ext = torch.cat([k, indicator.expand(bh, -1, -1)], dim=-1).transpose(1, 2)
-    sums = torch.empty(bh, queries, q.shape[-1] + 1, dtype=torch.float32)
     if tokens < CPU_CHUNKED_MIN_TOKENS:  # windows: groups of whole windows
         group = max(1, CPU_WINDOW_GROUP_LOGITS // (queries * tokens))
         for start in range(0, bh, group):
             part = slice(start, start + group)
             weights = torch.bmm(q_ext[part], k_ext[part]).exp2_()
-            _weighted_sums(weights, values[part], sums[part])
-        return sums
+            _normalise(weights @ values[part], weights, out[part], row_sums[part])
+        return
     chunk = min(CPU_QUERY_ROWS, queries)
     buffer = q.new_empty(chunk, tokens)
     for head in range(bh):
@@ -150,18 +165,16 @@ def _folded(q, k, values, rel_h, rel_w, grid) -> torch.Tensor:
             rows = slice(start, start + chunk)
             weights = buffer[: min(chunk, queries - start)]
             torch.mm(q_ext[head, rows], k_ext[head], out=weights).exp2_()
-            _weighted_sums(weights, values[head], sums[head, rows])
-    return sums
+            _normalise(weights @ values[head], weights, out[head, rows], row_sums[head, rows])
 
 
-def _per_key_row(q, k, values, rel_h, rel_w, grid) -> torch.Tensor:
-    """Weighted sums and row sums (BH, M, d + 1), float32, one product per key row: for key row
-    ``r`` the queries ``[q, rel_h[:, r]]`` meet the keys ``[k, 1]`` of that row, accumulated onto
-    ``rel_w`` (``baddbmm`` over the key rows, weights laid out (H, queries, W))."""
+def _per_key_row(q, k, values, rel_h, rel_w, grid, out, row_sums) -> None:
+    """One product per key row: for key row ``r`` the queries ``[q, rel_h[:, r]]`` meet the keys
+    ``[k, 1]`` of that row, accumulated onto ``rel_w`` (``baddbmm`` over the key rows, weights
+    laid out (H, queries, W)). Fills ``out`` (BH, M, d) and ``row_sums`` (BH, M)."""
     height, width = grid
     bh, queries, dim = q.shape
     chunk = min(CPU_QUERY_ROWS, queries)
-    sums = torch.empty(bh, queries, dim + 1, dtype=torch.float32)
     q_ext = q.new_empty(height, chunk, dim + 1)
     keys = k.new_ones(height, dim + 1, width)
     weights = q.new_empty(height, chunk, width)
@@ -177,10 +190,32 @@ def _per_key_row(q, k, values, rel_h, rel_w, grid) -> torch.Tensor:
             q_part[..., dim] = rel_h[head, rows].t()
             torch.baddbmm(rel_w[head, rows][None], q_part, keys, out=w_part).exp2_()
             torch.bmm(w_part, head_values, out=p_part)
-            torch.sum(p_part, dim=0, dtype=torch.float32, out=sums[head, rows, : p_part.shape[-1]])
-            if p_part.shape[-1] == dim:  # float32: the row sums apart
-                sums[head, rows, dim] = w_part.sum(dim=-1).sum(dim=0)
-    return sums
+            summed = p_part.sum(dim=0)  # over the key rows
+            if summed.shape[-1] == dim:  # float32: the row sums apart
+                summed = torch.cat([summed, w_part.sum(dim=-1).sum(dim=0)[:, None]], dim=-1)
+            _normalise(summed, w_part, out[head, rows], row_sums[head, rows])
+
+
+def _broadcast_bias(q, k, values, rel_h, rel_w, grid, out, row_sums) -> None:
+    """Per head and chunk of queries, the broadcast bias is written into the (rows, N) logits
+    and ``q k^T`` accumulated onto it. Fills ``out`` (BH, M, d) and ``row_sums`` (BH, M)."""
+    height, width = grid
+    bh, queries, dim = q.shape
+    tokens = k.shape[1]
+    chunk = min(CPU_QUERY_ROWS, queries)
+    buffer = q.new_empty(chunk, tokens)
+    keys_t = k.transpose(1, 2)
+    for head in range(bh):
+        for start in range(0, queries, chunk):
+            rows = slice(start, start + chunk)
+            weights = buffer[: min(chunk, queries - start)]
+            torch.add(
+                rel_h[head, rows, :, None],
+                rel_w[head, rows, None, :],
+                out=weights.view(-1, height, width),
+            )
+            weights.addmm_(q[head, rows], keys_t[head]).exp2_()
+            _normalise(weights @ values[head], weights, out[head, rows], row_sums[head, rows])
 
 
 def _redo_rows(out, redo, q, k, v, rel_h, rel_w) -> None:
