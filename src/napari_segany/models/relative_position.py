@@ -47,6 +47,8 @@ def decomposed_rel_pos_terms(
     rel_pos_w: torch.Tensor,
     q_size: tuple[int, int],
     k_size: tuple[int, int],
+    *,
+    scale: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The two factors of the decomposed bias.
 
@@ -58,6 +60,8 @@ def decomposed_rel_pos_terms(
         (L_h, C) and (L_w, C) tables along the height and width axes.
     q_size, k_size
         (height, width) of the query and key grids.
+    scale
+        Multiplies both factors (applied to the small tables, not to the results).
 
     Returns
     -------
@@ -67,8 +71,11 @@ def decomposed_rel_pos_terms(
     """
     q_h, q_w = q_size
     k_h, k_w = k_size
-    table_h = relative_position_table(q_h, k_h, rel_pos_h).to(q.dtype)
-    table_w = relative_position_table(q_w, k_w, rel_pos_w).to(q.dtype)
+    table_h = relative_position_table(q_h, k_h, rel_pos_h)
+    table_w = relative_position_table(q_w, k_w, rel_pos_w)
+    if scale != 1.0:
+        table_h, table_w = table_h * scale, table_w * scale
+    table_h, table_w = table_h.to(q.dtype), table_w.to(q.dtype)
     batch, _, dim = q.shape
     r_q = q.reshape(batch, q_h, q_w, dim)
     rel_h = torch.einsum("bhwc,hkc->bhwk", r_q, table_h).reshape(batch, q_h * q_w, k_h)

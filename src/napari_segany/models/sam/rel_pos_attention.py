@@ -21,6 +21,7 @@ from torch import nn
 from ..cpu_attention import (
     CPU_CHUNKED_MIN_TOKENS,
     CPU_QUERY_ROWS,
+    LOG2E,
     grid_indicator,
     rel_pos_attention_cpu,
 )
@@ -122,9 +123,13 @@ class RelPosAttention(nn.Module):
         """(BH, N, d) queries, keys, values of an (H, W) grid -> (BH, N, d)."""
         if not self.use_rel_pos:
             return F.scaled_dot_product_attention(q, k, v)
+        if q.device.type == "cpu":  # base 2 (see cpu_attention), scaled on the small tables
+            rel_h, rel_w = decomposed_rel_pos_terms(
+                q, self.rel_pos_h, self.rel_pos_w, grid, grid, scale=LOG2E
+            )
+            q = q * (q.shape[-1] ** -0.5 * LOG2E)
+            return rel_pos_attention_cpu(q, k, v, rel_h, rel_w, grid, base2=True)
         rel_h, rel_w = decomposed_rel_pos_terms(q, self.rel_pos_h, self.rel_pos_w, grid, grid)
-        if q.device.type == "cpu":
-            return rel_pos_attention_cpu(q, k, v, rel_h, rel_w, grid)
         return rel_pos_attention_sdpa(q, k, v, rel_h, rel_w, grid)
 
 
