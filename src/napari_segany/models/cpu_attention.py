@@ -50,11 +50,11 @@ CPU_WINDOW_GROUP_LOGITS = 1 << 25
 # Key grids narrower than this get the bias folded into the product even when chunked: a
 # product per key row is inefficient for short rows (SegGPT's 56 x 28 grid).
 CPU_BROADCAST_MIN_WIDTH = 48
-# Head widths up to this use one product per key row (SlimSAM: 14); wider heads (ViT-B/L/H: 64)
-# broadcast the bias into the logits and accumulate the product onto it, as the per-row queries
-# would be as large as the logits (measured: a ViT-B global layer 130 ms vs 167 ms, SlimSAM's
-# 66 ms vs 77 ms, bf16, 2 threads).
-CPU_PER_KEY_ROW_MAX_DIM = 32
+# Head widths up to this use one product per key row (SlimSAM-77: 14); wider heads (SlimSAM-50:
+# 32, ViT-B/L/H: 64) broadcast the bias into the logits and accumulate the product onto it, as
+# the per-row queries would approach the size of the logits (measured per global layer, bf16,
+# 2 threads: d = 64 130 ms vs 167 ms, d = 32 87 ms vs 91 ms; d = 14 the other way, 63 vs 77 ms).
+CPU_PER_KEY_ROW_MAX_DIM = 16
 # Rows whose sum of weights is not within 2 ** +-MAX_ROW_EXPONENT are recomputed with a softmax.
 # Below: the largest weight was under 2 ** -100, and weights much smaller than that would not be
 # normal floats. Above: close to overflowing the float range.
