@@ -131,11 +131,12 @@ class DownsampledAttention(nn.Module):
             "bthd,hdc->bhtc", q, self.k_proj.weight.view(heads, head_dim, channels)
         )
         folded = folded.reshape(batch, heads * n_tokens, channels) * head_dim**-0.5
-        # Logits are computed as (image, token) -- the fast product layout -- then transposed so the
-        # softmax runs over the long, contiguous image axis.
+        # The softmax runs over the long, contiguous image axis of (token, image) logits.
         if image_keys.shape[0] == 1:  # one image for every prompt: a single product
-            logits = F.linear(image_keys[0], folded.reshape(batch * heads * n_tokens, channels))
-            probs = torch.softmax(logits.t().contiguous(), dim=-1)
+            # (token, image) logits straight from the product with the transposed image: as fast
+            # as the (image, token) layout and no transposing copy before the softmax.
+            logits = torch.mm(folded.reshape(-1, channels), image_keys[0].t())
+            probs = torch.softmax(logits, dim=-1)
             mixed = probs @ image_values[0]
         else:
             logits = torch.bmm(image_keys, folded.transpose(1, 2))
@@ -193,11 +194,11 @@ class DownsampledAttention(nn.Module):
         )
         query_bias = torch.einsum("hd,bthd->bht", self.q_proj.bias.view(heads, head_dim), k)
         n_image = image_queries.shape[1]
-        # Logits as (image, head * token) -- the fast product layout -- then transposed so the
-        # softmax over the few tokens runs on a (head, token, image) array, vectorised over images.
-        if image_queries.shape[0] == 1:
-            columns = folded.permute(1, 0, 2, 3).reshape(channels, batch * heads * n_tokens)
-            logits = torch.addmm(query_bias.reshape(-1), image_queries[0], columns).t()
+        # The softmax over the few tokens runs on a (head, token, image) array, vectorised over
+        # images.
+        if image_queries.shape[0] == 1:  # (head * token, image) directly, as in tokens_to_image
+            rows = folded.permute(0, 2, 3, 1).reshape(batch * heads * n_tokens, channels)
+            logits = torch.addmm(query_bias.reshape(-1, 1), rows, image_queries[0].t())
         else:
             logits = torch.baddbmm(
                 query_bias.reshape(batch, 1, heads * n_tokens),
