@@ -188,6 +188,8 @@ def _per_key_row(q, k, values, rel_h, rel_w, grid, out, row_sums) -> None:
     laid out (H, queries, W)). Fills ``out`` (BH, M, d) and ``row_sums`` (BH, M)."""
     height, width = grid
     bh, queries, dim = q.shape
+    # Heads interleaved in memory (views of one qkv projection) make every chunk's copies strided.
+    q, k = q.contiguous(), k.contiguous()
     chunk = min(CPU_QUERY_ROWS, queries)
     q_ext = q.new_empty(height, chunk, dim + 1)
     keys = k.new_ones(height, dim + 1, width)
@@ -216,6 +218,7 @@ def _broadcast_bias(q, k, values, rel_h, rel_w, grid, out, row_sums) -> None:
     height, width = grid
     bh, queries, dim = q.shape
     tokens = k.shape[1]
+    q, k = q.contiguous(), k.contiguous()  # heads interleaved in memory: strided chunks
     chunk = min(CPU_QUERY_ROWS, queries)
     buffer = q.new_empty(chunk, tokens)
     keys_t = k.transpose(1, 2)
