@@ -124,6 +124,7 @@ class RelPosAttention(nn.Module):
         if not self.use_rel_pos:
             return F.scaled_dot_product_attention(q, k, v)
         if q.device.type == "cpu":  # base 2 (see cpu_attention), scaled on the small tables
+            q = q.contiguous()  # global attention: heads interleaved in the qkv projection
             rel_h, rel_w = decomposed_rel_pos_terms(
                 q, self.rel_pos_h, self.rel_pos_w, grid, grid, scale=LOG2E
             )
