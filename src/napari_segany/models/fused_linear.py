@@ -15,12 +15,23 @@ import torch.nn.functional as F
 from torch import nn
 
 
+# Below this many input features the product is memory-bound and ``F.linear``'s bias copy is the
+# cheaper pass (bf16, 2 threads, 4096 tokens: 168 -> 504 0.82 ms vs 1.06 ms); from it on the
+# in-place add is (768 -> 3072: 24.8 ms vs 25.3 ms).
+BIAS_AFTER_MIN_FEATURES = 256
+
+
 def linear_then_bias(inputs: torch.Tensor, layer: nn.Linear) -> torch.Tensor:
     """``layer(inputs)`` as a bias-free product plus an in-place bias add; (..., in) -> (..., out).
 
-    Modules other than a plain ``nn.Linear`` (e.g. a training adapter) are simply called.
+    Only on the CPU and for layers with at least :data:`BIAS_AFTER_MIN_FEATURES` inputs; otherwise
+    (and for modules other than a plain ``nn.Linear``, e.g. a training adapter) the layer itself.
     """
-    if type(layer) is not nn.Linear:
+    if (
+        type(layer) is not nn.Linear
+        or layer.in_features < BIAS_AFTER_MIN_FEATURES
+        or inputs.device.type != "cpu"
+    ):
         return layer(inputs)
     out = F.linear(inputs, layer.weight)
     if layer.bias is not None:
