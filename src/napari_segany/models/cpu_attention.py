@@ -21,13 +21,16 @@ that of the softmax; the extra work is only ever spent on such rows. Without the
 rounding of the logits is that of the softmax path (which rounds the same logits before
 subtracting the maximum).
 
-The bias is applied in one of two ways:
+The bias is applied in one of three ways:
 
 * Folded into the product: queries extended by the bias factors and keys by their one-hot row and
   column. Used for windows (< ``CPU_CHUNKED_MIN_TOKENS`` tokens) and for narrow key grids.
-* Per key row (wide grids, SAM's global attention): for each key row the logits of a chunk of
-  queries are a small product whose extra column is that row's ``rel_h`` and whose accumulator is
-  ``rel_w`` broadcast, one ``baddbmm`` over the key rows; no pass of its own for the bias.
+* Per key row (wide grids, narrow heads: SlimSAM-77's global attention): for each key row the
+  logits of a chunk of queries are a small product whose extra column is that row's ``rel_h`` and
+  whose accumulator is ``rel_w`` broadcast, one ``baddbmm`` over the key rows; no pass of its own
+  for the bias.
+* Broadcast (wide grids, wide heads: ViT-B/L/H): the bias written into a chunk's logits, ``q k^T``
+  accumulated onto it.
 
 Measured on a 2-core AVX512-BF16 CPU, bf16, SlimSAM-77: a global layer's attention 103 ms before
 (broadcast bias, product, softmax, value product), a windowed layer's 25 ms
