@@ -109,7 +109,7 @@ def rel_pos_attention_cpu(
         (BH, M, d), in the dtype of ``q``.
     """
     if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v, rel_h, rel_w)):
-        return _differentiable(q, k, v, rel_h, rel_w, grid, base2)
+        return _differentiable(q, k, v, rel_h, rel_w, base2)
     if q.dtype == torch.float16:  # 2 ** 16 overflows float16: compute in float32
         args = (t.float() for t in (q, k, v, rel_h, rel_w))
         return rel_pos_attention_cpu(*args, grid, base2=base2).to(q.dtype)
@@ -238,11 +238,10 @@ def _broadcast_bias(q, k, values, rel_h, rel_w, grid, out, row_sums) -> None:
             _normalise(weights @ values[head], weights, out[head, rows], row_sums[head, rows])
 
 
-def _differentiable(q, k, v, rel_h, rel_w, grid, base2: bool) -> torch.Tensor:
+def _differentiable(q, k, v, rel_h, rel_w, base2: bool) -> torch.Tensor:
     """Plain autograd-friendly attention (the full bias, a softmax) for training: the fast paths
     write into buffers. Training runs long global attention head by head itself
     (:mod:`napari_segany.training.lora`); this serves windows and short grids."""
-    height, width = grid
     bias = (rel_h[..., :, None] + rel_w[..., None, :]).flatten(-2)
     if base2:  # back to natural units
         logits = (q @ k.transpose(-2, -1) + bias) * math.log(2.0)

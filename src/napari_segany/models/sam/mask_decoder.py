@@ -57,7 +57,7 @@ class MaskDecoder(nn.Module):
         sparse_prompt_embeddings: torch.Tensor,
         dense_prompt_embeddings: torch.Tensor,
         multimask_output: bool,
-        projections: tuple[ImageProjections, ImageProjections] | None = None,
+        projections: ImageProjections | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Predict masks for B prompts on one image (or B images).
 
@@ -98,7 +98,7 @@ class MaskDecoder(nn.Module):
         if projections is None:
             image_tokens = self._image_tokens(image_embeddings, dense_prompt_embeddings)
         else:
-            image_tokens = projections[0].tokens
+            image_tokens = projections.tokens
         hs, keys = self.transformer(image_tokens, flat_pe, tokens, projections)
         selected = range(1, self.num_mask_tokens) if multimask_output else range(1)
         # Only the selected masks are computed: same values, less work.
@@ -115,7 +115,7 @@ class MaskDecoder(nn.Module):
         image_embeddings: torch.Tensor,
         image_pe: torch.Tensor,
         dense_prompt_embeddings: torch.Tensor,
-    ) -> tuple[ImageProjections, ImageProjections]:
+    ) -> ImageProjections:
         """The prompt-independent part of :meth:`forward` for one image: its ``projections``.
 
         ``image_embeddings`` (1, C, h, w); ``dense_prompt_embeddings`` (1, C, h, w), the same

@@ -32,19 +32,16 @@ class ImageProjections:
     ----------
     tokens
         (1, N, C) image tokens (embedding plus the "no mask" dense embedding), contiguous.
-    tokens_pe
-        (1, N, C) ``tokens`` plus the positional encoding.
     keys_t
-        (heads, d, N) token-to-image keys, ``k_proj(tokens_pe)`` without its bias (a bias shifts
-        every logit of a softmax row equally), transposed.
+        (heads, d, N) token-to-image keys, ``k_proj(tokens + pe)`` without its bias (a bias
+        shifts every logit of a softmax row equally), transposed.
     values
         (heads, N, d) token-to-image values, ``v_proj(tokens)``.
     queries_t
-        (heads, d, N) image-to-token queries, ``q_proj(tokens_pe)``, transposed.
+        (heads, d, N) image-to-token queries, ``q_proj(tokens + pe)``, transposed.
     """
 
     tokens: torch.Tensor
-    tokens_pe: torch.Tensor
     keys_t: torch.Tensor
     values: torch.Tensor
     queries_t: torch.Tensor
@@ -108,8 +105,8 @@ class DownsampledAttention(nn.Module):
         tokens
             (B, T, C) queries.
         image_keys, image_values
-            (B or 1, N, C) image tokens (with and without positional encoding); or this
-            attention's :class:`ImageProjections` of one image (``image_values`` unused).
+            (B or 1, N, C) image tokens (with and without positional encoding); or the first
+            block's :class:`ImageProjections` of one image (``image_values`` unused).
 
         Returns
         -------
@@ -162,7 +159,7 @@ class DownsampledAttention(nn.Module):
         Parameters
         ----------
         image_queries
-            (B or 1, N, C) image tokens with positional encoding; or this attention's
+            (B or 1, N, C) image tokens with positional encoding; or the first block's
             :class:`ImageProjections` of one image.
         tokens, token_values
             (B, T, C) keys and values.
@@ -266,13 +263,13 @@ class TwoWayAttentionBlock(nn.Module):
         keys: torch.Tensor,
         query_pe: torch.Tensor,
         key_pe: torch.Tensor,
-        projections: tuple[ImageProjections, ImageProjections] | None = None,
+        projections: ImageProjections | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """queries (B, T, C), keys (B or 1, N, C) and their positional encodings -> updated both.
 
         ``keys`` may have batch 1 for B prompts on one image; the returned keys have batch B.
-        ``projections`` (token-to-image, image-to-token) are this block's image side computed
-        beforehand from ``keys`` (:meth:`TwoWayTransformer.project_image`).
+        ``projections`` are this block's image side computed beforehand from ``keys``
+        (:meth:`TwoWayTransformer.project_image`).
         """
         if self.skip_first_layer_pe:
             queries = self.self_attn(queries, queries, queries)
@@ -285,7 +282,7 @@ class TwoWayAttentionBlock(nn.Module):
             k = keys + key_pe  # keys do not change until the last step: used twice
             to_image, to_tokens = (k, keys), k
         else:
-            to_image, to_tokens = (projections[0], None), projections[1]
+            to_image, to_tokens = (projections, None), projections
         q = queries + query_pe
         queries = self.norm2(queries + self.cross_attn_token_to_image.tokens_to_image(q, *to_image))
         queries = self.norm3(
@@ -330,29 +327,22 @@ class TwoWayTransformer(nn.Module):
         )
         self.norm_final_attn = nn.LayerNorm(embed_dim, eps=final_layer_norm_eps)
 
-    def project_image(
-        self, image_tokens: torch.Tensor, image_pe: torch.Tensor
-    ) -> tuple[ImageProjections, ImageProjections]:
+    def project_image(self, image_tokens: torch.Tensor, image_pe: torch.Tensor) -> ImageProjections:
         """The first block's prompt-independent image side, for :meth:`forward`'s ``projections``.
 
         ``image_tokens`` (1, h * w, C) and ``image_pe`` (1, h * w, C) as for :meth:`forward`.
-        Both returned objects share ``tokens`` and ``tokens_pe``; the first carries the
-        token-to-image keys and values, the second the image-to-token queries.
         """
         if image_tokens.shape[0] != 1:
             raise ValueError(f"one image at a time, not {image_tokens.shape[0]}")
         first = self.layers[0]
         tokens = image_tokens.contiguous()
         tokens_pe = tokens + image_pe
-        to_image = first.cross_attn_token_to_image
-        keys_t = to_image.project_heads(to_image.k_proj, tokens_pe, bias=False, transpose=True)
-        values = to_image.project_heads(to_image.v_proj, tokens)
-        to_tokens = first.cross_attn_image_to_token
-        queries_t = to_tokens.project_heads(to_tokens.q_proj, tokens_pe, transpose=True)
-        empty = tokens.new_empty(0)
-        return (
-            ImageProjections(tokens, tokens_pe, keys_t, values, empty),
-            ImageProjections(tokens, tokens_pe, empty, empty, queries_t),
+        to_image, to_tokens = first.cross_attn_token_to_image, first.cross_attn_image_to_token
+        return ImageProjections(
+            tokens=tokens,
+            keys_t=to_image.project_heads(to_image.k_proj, tokens_pe, bias=False, transpose=True),
+            values=to_image.project_heads(to_image.v_proj, tokens),
+            queries_t=to_tokens.project_heads(to_tokens.q_proj, tokens_pe, transpose=True),
         )
 
     def forward(
@@ -360,7 +350,7 @@ class TwoWayTransformer(nn.Module):
         image_tokens: torch.Tensor,
         image_pe: torch.Tensor,
         point_embedding: torch.Tensor,
-        projections: tuple[ImageProjections, ImageProjections] | None = None,
+        projections: ImageProjections | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Run the transformer.
 
@@ -384,7 +374,7 @@ class TwoWayTransformer(nn.Module):
         keys
             (B, h * w, C) processed image tokens.
         """
-        keys = image_tokens if projections is None else projections[0].tokens
+        keys = image_tokens if projections is None else projections.tokens
         queries = point_embedding
         for i, layer in enumerate(self.layers):
             queries, keys = layer(

@@ -25,8 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..fused_linear import residual_plus_linear
-from .attention import SegGptAttention, linear_inplace_bias
+from ..fused_linear import linear_then_bias, residual_plus_linear
+from .attention import SegGptAttention
 from .config import SegGptArchitecture
 
 
@@ -42,10 +42,10 @@ class SegGptMlp(nn.Module):
         self, hidden: torch.Tensor, *, residual: torch.Tensor | None = None
     ) -> torch.Tensor:
         """(..., C) -> (..., C); plus ``residual`` when given (accumulated by the second product)."""
-        inner = F.gelu(linear_inplace_bias(hidden, self.lin1))
+        inner = F.gelu(linear_then_bias(hidden, self.lin1))
         if residual is not None:
             return residual_plus_linear(residual, inner, self.lin2)
-        return linear_inplace_bias(inner, self.lin2)
+        return linear_then_bias(inner, self.lin2)
 
 
 class SplitTokens(NamedTuple):
