@@ -10,6 +10,14 @@ import torch
 import torch.nn.functional as F
 
 
+def resized_table(rel_pos: torch.Tensor, length: int) -> torch.Tensor:
+    """The (L, C) table linearly interpolated to ``length`` rows (itself when it has them)."""
+    if rel_pos.shape[0] == length:
+        return rel_pos
+    resized = F.interpolate(rel_pos.float().T[None], size=length, mode="linear")
+    return resized[0].T.to(rel_pos.dtype)
+
+
 def relative_position_table(q_size: int, k_size: int, rel_pos: torch.Tensor) -> torch.Tensor:
     """Gather the relative position embedding for every (query, key) pair along one axis.
 
@@ -26,14 +34,7 @@ def relative_position_table(q_size: int, k_size: int, rel_pos: torch.Tensor) -> 
     torch.Tensor
         (q_size, k_size, C) embedding of the offset between each query and each key.
     """
-    max_rel_dist = int(2 * max(q_size, k_size) - 1)
-    if rel_pos.shape[0] != max_rel_dist:
-        resized = F.interpolate(
-            rel_pos.reshape(1, rel_pos.shape[0], -1).permute(0, 2, 1).float(),
-            size=max_rel_dist,
-            mode="linear",
-        )
-        rel_pos = resized.reshape(-1, max_rel_dist).permute(1, 0).to(rel_pos.dtype)
+    rel_pos = resized_table(rel_pos, int(2 * max(q_size, k_size) - 1))
     # Scale the coordinates of the shorter side when q and k differ in length.
     q_coords = torch.arange(q_size, device=rel_pos.device)[:, None] * max(k_size / q_size, 1.0)
     k_coords = torch.arange(k_size, device=rel_pos.device)[None, :] * max(q_size / k_size, 1.0)

@@ -13,17 +13,7 @@ from torch import nn
 
 from ..cpu_attention import rel_pos_attention_cpu
 from ..fused_linear import linear_then_bias
-
-
-def resized_rel_pos_table(rel_pos: torch.Tensor, size: int) -> torch.Tensor:
-    """(L, C) relative position table linearly resized to (2 * size - 1, C) when L differs."""
-    length = 2 * size - 1
-    if rel_pos.shape[0] == length:
-        return rel_pos
-    resized = F.interpolate(
-        rel_pos.float().T[None], size=length, mode="linear", align_corners=False
-    )
-    return resized[0].T.to(rel_pos.dtype)
+from ..relative_position import resized_table
 
 
 class SegGptAttention(nn.Module):
@@ -201,7 +191,7 @@ def _offset_products(
         in reversed order put offset ``pos_q - pos_k`` at ``k + (size - 1 - pos_q)``, so shifting
         the start by one per query position reads the right diagonal.
     """
-    table = resized_rel_pos_table(rel_pos, size).to(flat_query.dtype).flip(0)
+    table = resized_table(rel_pos, 2 * size - 1).to(flat_query.dtype).flip(0)
     products = (flat_query @ table.T).reshape(*grid, 2 * size - 1)
     strides = list(products.stride())
     strides[axis] -= 1
