@@ -262,6 +262,16 @@ def main() -> None:
         print(
             f"prompt->shown mask this ({DTYPE_NAMES[dtype]}):  {summary(t_shown)}  (best candidate only, cropped)"
         )
+        # Random weights give masks speckled over the whole image (the upscaling's worst case);
+        # a real object is compact: time the upscaling step alone for one.
+        compact = np.full((3, *ours.low_res_mask_size), -8.0, dtype=np.float32)
+        compact[:, 100:140, 90:130] = 6.0
+        for crop in (True, False):
+            t_up = timed(lambda c=crop: predictor.upscale_mask(compact, 1, crop=c), device, 30, 3)
+            print(
+                f"upscale of a compact shown mask (40 x 40 of 256 x 256), {'cropped' if crop else 'full size'}: "
+                f"{summary(t_up)}"
+            )
     if args.compile_decoder:
         ours.compile_decoder()
         start = time.perf_counter()

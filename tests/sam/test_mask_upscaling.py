@@ -13,8 +13,13 @@ import torch
 import torch.nn.functional as F
 
 from napari_segany.errors import OutOfMemoryError, explain_out_of_memory, is_out_of_memory
-from napari_segany.sam import mask_upscaling
-from napari_segany.sam.mask_upscaling import foreground_window, upscale_into
+from napari_segany.sam import mask_upscaling, transforms
+from napari_segany.sam.mask_upscaling import (
+    foreground_window,
+    input_frame_block,
+    resized_block,
+    upscale_into,
+)
 from napari_segany.sam.predictor import SamPredictor
 
 
@@ -37,6 +42,95 @@ def test_window_upscaling_equals_f_interpolate(shape, size, monkeypatch):
     outside[row0:row1, col0:col1] = -1
     assert not (outside > 0).any()  # nothing positive outside the window
     assert (row1 - row0) * (col1 - col0) < 0.5 * size[0] * size[1]  # and it is small
+
+
+@pytest.mark.parametrize("size", [(40, 48), (60, 72), (80, 96), (50, 61)])
+def test_resized_block_equals_the_whole_resize(size):
+    """Same values as resizing the whole map, for any window (edges included); integer factors
+    read only the source pixels the window needs, others (50 x 61) fall back to the whole."""
+    x = torch.randn(20, 24, generator=torch.Generator().manual_seed(1))
+    full = transforms.resize_bilinear(x[None], size)[0]
+    rng = np.random.default_rng(0)
+    windows = [((0, size[0]), (0, size[1])), ((0, 1), (0, 1)), ((size[0] - 1, size[0]), (3, 9))]
+    for _ in range(40):
+        r0, r1 = sorted(rng.choice(size[0] + 1, 2, replace=False))
+        c0, c1 = sorted(rng.choice(size[1] + 1, 2, replace=False))
+        windows.append(((int(r0), int(r1)), (int(c0), int(c1))))
+    for rows, cols in windows:
+        block = resized_block(x, size, rows, cols)
+        assert torch.equal(block, full[rows[0] : rows[1], cols[0] : cols[1]]), (rows, cols)
+
+
+@pytest.mark.parametrize("in_size, out_size", [(32, 128), (37, 101), (128, 85), (7, 7), (1, 5)])
+def test_reach_is_every_output_whose_taps_touch_the_source_range(in_size, out_size):
+    first, second, _ = mask_upscaling.bilinear_taps(in_size, out_size)
+    for low in range(in_size):
+        for high in range(low, in_size):
+            touched = ((first >= low) & (first <= high)) | ((second >= low) & (second <= high))
+            where = torch.nonzero(touched).flatten()
+            expected = None if where.numel() == 0 else (int(where[0]), int(where[-1]) + 1)
+            assert mask_upscaling._reach(in_size, out_size, low, high) == expected
+
+
+def test_input_frame_block_covers_every_positive_pixel_of_the_frame():
+    low = torch.full((32, 32), -4.0)
+    low[10:14, 15:18] = 3.0
+    frame = transforms.resize_bilinear(low[None], (128, 128))[0, :100, :90]  # cropped to the input
+    values, (row0, col0) = input_frame_block(low, (128, 128), (100, 90), 0.0, margin=1)
+    assert torch.equal(values, frame[row0 : row0 + values.shape[0], col0 : col0 + values.shape[1]])
+    outside = frame.clone()
+    outside[row0 : row0 + values.shape[0], col0 : col0 + values.shape[1]] = -1
+    assert (frame > 0).any() and not (outside > 0).any()
+    assert values.numel() < frame.numel() / 20  # a compact object: a small block
+    assert (values[0] <= 0).all() and (values[:, -1] <= 0).all()  # the margin
+    low[:] = -4.0
+    low[30:, 30:] = 3.0  # positive only in the padding beyond the crop
+    assert input_frame_block(low, (128, 128), (100, 90), 0.0) is None
+
+
+@pytest.mark.parametrize("sharp", [False, True])
+@pytest.mark.parametrize("shape", [(128, 128), (300, 200), (70, 100), (2000, 1500)])
+def test_upscale_mask_of_a_compact_object_equals_the_whole_frame_path(
+    tiny_sam_model, shape, sharp, monkeypatch
+):
+    """The full-size mask, its crop and predict's masks equal resizing the whole frame, while
+    only a block of the frame around the object is resized. ``sharp``: logits so high that the
+    frame is positive up to the edge of the block, where the second resize reads one pixel
+    beyond it."""
+    p = SamPredictor(tiny_sam_model)
+    p.set_image(np.zeros((*shape, 3), np.uint8))
+    low = torch.randn(32, 32, generator=torch.Generator().manual_seed(2)) - 6
+    low[5:9, 6:11] += 10
+    if sharp:
+        low = torch.full((32, 32), -1.0)
+        low[5:9, 6:11] = 100.0
+    frame = p._input_frame_logits(low[None])[0]
+    expected = torch.zeros(shape, dtype=torch.bool)
+    if tuple(frame.shape) == shape:
+        expected = frame > 0
+    else:
+        upscale_into(frame, expected)
+    assert expected.any()
+    resized = []
+    resize = transforms.resize_bilinear
+    monkeypatch.setattr(
+        transforms, "resize_bilinear", lambda m, size: resized.append(size) or resize(m, size)
+    )
+    np.testing.assert_array_equal(p.upscale_mask(low.numpy()), expected.numpy())
+    assert resized and all(h * w <= 40 * 40 for h, w in resized), resized  # not 128 x 128
+    window, (row0, col0) = p.upscale_mask(low.numpy(), crop=True)
+    rebuilt = np.zeros(shape, bool)
+    rebuilt[row0 : row0 + window.shape[0], col0 : col0 + window.shape[1]] = window
+    np.testing.assert_array_equal(rebuilt, expected.numpy())
+    assert window.size < expected.numel() / 4
+    masks = p._upscale_all(low[None, None], False, torch.device("cpu"))[0, 0]
+    assert torch.equal(masks, expected)
+    low[:] = -5.0
+    assert not p.upscale_mask(low.numpy()).any()
+    assert p.upscale_mask(low.numpy(), crop=True)[0].shape == (0, 0)
+    low[0, 0] = float("nan")
+    with pytest.raises(ValueError, match="finite"):
+        p.upscale_mask(low.numpy())
 
 
 def test_empty_mask_computes_nothing():

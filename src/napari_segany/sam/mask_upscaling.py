@@ -15,14 +15,20 @@ at 0, last row/column repeated), so the values equal ``F.interpolate``'s to floa
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import torch
+
+from napari_segany.sam import transforms
 
 __all__ = [
     "bilinear_taps",
     "foreground_window",
+    "input_frame_block",
     "positive_bounding_box",
     "resize_bilinear_window",
+    "resized_block",
     "upscale_into",
 ]
 
@@ -52,29 +58,49 @@ def bilinear_taps(
     return first, second, weight
 
 
-def _reach(
-    first: torch.Tensor, second: torch.Tensor, low: int, high: int
-) -> tuple[int, int] | None:
-    touched = ((first >= low) & (first <= high)) | ((second >= low) & (second <= high))
-    where = torch.nonzero(touched).flatten()
-    if where.numel() == 0:
-        return None
-    return int(where[0]), int(where[-1]) + 1
+@functools.lru_cache(maxsize=16)
+def _source_taps(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`bilinear_taps`' two source indices of every output position, as read-only arrays
+    (a window is computed on every click: searching these is faster than building them)."""
+    first, second, _ = bilinear_taps(in_size, out_size)
+    first, second = first.numpy(), second.numpy()
+    first.flags.writeable = second.flags.writeable = False
+    return first, second
+
+
+def _reach(in_size: int, out_size: int, low: int, high: int) -> tuple[int, int] | None:
+    """The output positions ``[start, stop)`` whose taps touch source pixels ``low..high``.
+
+    Both taps grow with the position and differ by at most one, so a position touches the
+    range exactly when its first tap is ≤ ``high`` and its second ≥ ``low``: a contiguous run.
+    """
+    first, second = _source_taps(in_size, out_size)
+    start = int(np.searchsorted(second, low, side="left"))
+    stop = int(np.searchsorted(first, high, side="right"))
+    return (start, stop) if start < stop else None
 
 
 def foreground_window(
-    logits: torch.Tensor, size: tuple[int, int], threshold: float
+    logits: torch.Tensor,
+    size: tuple[int, int],
+    threshold: float,
+    *,
+    origin: tuple[int, int] = (0, 0),
+    source_shape: tuple[int, int] | None = None,
 ) -> tuple[int, int, int, int] | None:
     """Output window ``(row0, row1, col0, col1)`` outside which the resized map is ≤ ``threshold``.
 
     ``logits`` is (h, w); ``size`` the output (H, W). ``None`` when no value exceeds ``threshold``.
+    ``logits`` may be a block of a larger map of ``source_shape`` whose top-left pixel is at
+    ``origin`` of that map, holding every value above ``threshold``; the window is the map's.
     """
     box = positive_bounding_box(logits, threshold)
     if box is None:
         return None
-    height, width = logits.shape
-    row_reach = _reach(*bilinear_taps(height, size[0])[:2], box[0], box[1] - 1)
-    col_reach = _reach(*bilinear_taps(width, size[1])[:2], box[2], box[3] - 1)
+    height, width = logits.shape if source_shape is None else source_shape
+    row0, col0 = origin
+    row_reach = _reach(height, size[0], row0 + box[0], row0 + box[1] - 1)
+    col_reach = _reach(width, size[1], col0 + box[2], col0 + box[3] - 1)
     if row_reach is None or col_reach is None:
         return None
     return (*row_reach, *col_reach)
@@ -98,14 +124,33 @@ def resize_bilinear_window(
     size: tuple[int, int],
     rows: tuple[int, int],
     cols: tuple[int, int],
+    *,
+    origin: tuple[int, int] = (0, 0),
+    source_shape: tuple[int, int] | None = None,
 ) -> torch.Tensor:
-    """The window ``rows × cols`` of the (h, w) map bilinearly resized to ``size`` (float32)."""
-    height, width = logits.shape
+    """The window ``rows × cols`` of the (h, w) map bilinearly resized to ``size`` (float32).
+
+    ``logits`` may be a block (top-left pixel at ``origin``) of a larger map of ``source_shape``:
+    it must hold every source pixel the window reads.
+    """
+    height, width = logits.shape if source_shape is None else source_shape
     device = logits.device
     r_first, r_second, r_weight = (t.to(device) for t in bilinear_taps(height, size[0], *rows))
     c_first, c_second, c_weight = (t.to(device) for t in bilinear_taps(width, size[1], *cols))
     low, high = int(r_first.min()), int(r_second.max()) + 1
-    source = logits[low:high].float()
+    row0, col0 = origin
+    if (
+        low < row0
+        or high > row0 + logits.shape[0]
+        or int(c_first.min()) < col0
+        or int(c_second.max()) >= col0 + logits.shape[1]
+    ):
+        raise ValueError(
+            f"the window {rows} x {cols} reads source pixels outside the block of "
+            f"{tuple(logits.shape)} at {origin}"
+        )
+    source = logits[low - row0 : high - row0].float()
+    c_first, c_second = c_first - col0, c_second - col0
     # Columns first on the few source rows, then rows; the blends run in place.
     columns = source.index_select(1, c_first).mul_(1 - c_weight)
     columns.add_(source.index_select(1, c_second).mul_(c_weight))
@@ -119,26 +164,84 @@ def upscale_into(
     *,
     threshold: float = 0.0,
     window: tuple[int, int, int, int] | None = None,
+    origin: tuple[int, int] = (0, 0),
+    source_shape: tuple[int, int] | None = None,
 ) -> None:
     """Resize the (h, w) map into ``out`` (H, W): bool ``> threshold``, or float logits.
 
     For a bool ``out`` only the :func:`foreground_window` is computed (``out`` must be all False
     outside it, e.g. from ``torch.zeros``); a float ``out`` is filled everywhere, or inside
     ``window`` when given. Work proceeds in bands of about :data:`BAND_ELEMENTS` values.
+    ``origin`` and ``source_shape``: ``logits`` is a block of a larger map, as for
+    :func:`foreground_window` (then it must hold every source pixel the window reads).
     """
     size = (int(out.shape[0]), int(out.shape[1]))
     as_mask = out.dtype == torch.bool
+    block = {"origin": origin, "source_shape": source_shape}
     if window is None:
-        window = foreground_window(logits, size, threshold) if as_mask else (0, size[0], 0, size[1])
+        if as_mask:
+            window = foreground_window(logits, size, threshold, **block)
+        else:
+            window = (0, size[0], 0, size[1])
     if window is None:
         return
     row0, row1, col0, col1 = window
     band = max(1, BAND_ELEMENTS // max(1, col1 - col0))
     for start in range(row0, row1, band):
         stop = min(row1, start + band)
-        values = resize_bilinear_window(logits, size, (start, stop), (col0, col1))
+        values = resize_bilinear_window(logits, size, (start, stop), (col0, col1), **block)
         target = out[start:stop, col0:col1]
         if as_mask and target.device == values.device:
             torch.gt(values, threshold, out=target)
         else:  # float output, or a GPU computation written into a CPU result
             target.copy_(values > threshold if as_mask else values)
+
+
+def resized_block(
+    logits: torch.Tensor, size: tuple[int, int], rows: tuple[int, int], cols: tuple[int, int]
+) -> torch.Tensor:
+    """Rows ``rows`` × columns ``cols`` of :func:`~napari_segany.sam.transforms.resize_bilinear`
+    of the (h, w) float map to ``size``, with the same values, computed from only the source
+    pixels they read when the factors are integers (SAM's 256 -> 1024)."""
+    height, width = logits.shape
+    fy, fx = size[0] // height, size[1] // width
+    if fy * height != size[0] or fx * width != size[1] or min(fy, fx) < 2 or logits.is_cuda:
+        return transforms.resize_bilinear(logits[None], size)[
+            0, rows[0] : rows[1], cols[0] : cols[1]
+        ]
+    # Output row i * f + phase blends source rows i and i - 1 or i + 1 (clamped at the edges):
+    # the source block holds those rows for the requested outputs, and the outputs next to its
+    # inner edges, which would clamp there, are not requested.
+    top, bottom = max(0, rows[0] // fy - 1), min(height, (rows[1] - 1) // fy + 2)
+    left, right = max(0, cols[0] // fx - 1), min(width, (cols[1] - 1) // fx + 2)
+    part = logits[top:bottom, left:right].contiguous()
+    part = transforms.resize_bilinear(part[None], (part.shape[0] * fy, part.shape[1] * fx))[0]
+    rows = slice(rows[0] - top * fy, rows[1] - top * fy)
+    return part[rows, cols[0] - left * fx : cols[1] - left * fx]
+
+
+def input_frame_block(
+    low_res: torch.Tensor,
+    frame_size: tuple[int, int],
+    crop: tuple[int, int],
+    threshold: float,
+    *,
+    margin: int = 0,
+) -> tuple[torch.Tensor, tuple[int, int]] | None:
+    """SAM's input-frame logits only where they can exceed ``threshold``.
+
+    The frame is the (L, L) float map ``low_res`` bilinearly resized to ``frame_size`` and
+    cropped to ``crop`` (the resized image inside the padded model input). Returned: the block of
+    the frame inside the :func:`foreground_window`, grown by ``margin`` pixels on each side (one
+    is what a second resize reads around it) and clipped to ``crop``, and its top-left corner;
+    ``None`` when no value of the frame exceeds ``threshold``. The values equal those of the
+    whole frame; a compact object costs a fraction of it.
+    """
+    window = foreground_window(low_res, frame_size, threshold)
+    if window is None:
+        return None
+    row0, row1 = max(0, window[0] - margin), min(crop[0], window[1] + margin)
+    col0, col1 = max(0, window[2] - margin), min(crop[1], window[3] + margin)
+    if row0 >= row1 or col0 >= col1:  # positive only in the padding
+        return None
+    return resized_block(low_res, frame_size, (row0, row1), (col0, col1)), (row0, col0)

@@ -18,7 +18,12 @@ import torch.nn.functional as F
 from napari_segany.errors import explain_out_of_memory
 from napari_segany.image_conversion import to_uint8_rgb
 from napari_segany.sam import transforms
-from napari_segany.sam.mask_upscaling import upscale_into
+from napari_segany.sam.mask_upscaling import (
+    foreground_window,
+    input_frame_block,
+    resize_bilinear_window,
+    upscale_into,
+)
 from napari_segany.sam.prompt_validation import (
     MAX_POINTS_PER_OBJECT,
     check_resizable,
@@ -407,37 +412,38 @@ class SamPredictor:
                 f"index {index!r} of low-resolution logits {tuple(maps.shape)} does not select one "
                 f"{size[0]} x {size[1]} map"
             )
-        if not torch.isfinite(selected).all():
+        if not bool(torch.isfinite(selected.abs().amax())):  # NaN propagates through the max
             raise ValueError("low-resolution logits must be finite (no NaN or infinity)")
-        frame = self._input_frame_logits(selected.to(self.device)[None])[0]
+        selected = selected.to(self.device)
         height, width = self.original_size
         threshold = self.model.mask_threshold
         if not crop:
-            out = torch.empty if return_logits else torch.zeros
-            full = out(height, width, dtype=torch.float32 if return_logits else torch.bool)
-            self._upscale_one(frame, full, threshold)
+            if return_logits:
+                full = torch.empty(height, width, dtype=torch.float32)
+                upscale_into(self._input_frame_logits(selected[None])[0], full)
+                return full.numpy()
+            full = torch.zeros(height, width, dtype=torch.bool)
+            self._upscale_one(selected, full)
             return full.numpy()
-        from napari_segany.sam.mask_upscaling import foreground_window, positive_bounding_box
-
-        if tuple(frame.shape) == (height, width):  # no resize: the exact bounding box
-            window = positive_bounding_box(frame, threshold)
-        else:
-            window = foreground_window(frame, (height, width), threshold)
-        if window is None:
-            empty = np.zeros((0, 0), dtype=np.float32 if return_logits else bool)
-            return empty, (0, 0)
-        row0, row1, col0, col1 = window
-        if tuple(frame.shape) == (height, width):
-            part = frame[row0:row1, col0:col1].float().cpu()
+        empty = np.zeros((0, 0), dtype=np.float32 if return_logits else bool), (0, 0)
+        block = self._frame_block(selected)
+        if block is None:
+            return empty
+        values, (row0, col0), frame_shape = block
+        if frame_shape == (height, width):  # no second resize: the frame's window itself
+            part = values.float().cpu()
             return (part if return_logits else part > threshold).numpy(), (row0, col0)
+        resized = {"origin": (row0, col0), "source_shape": frame_shape}
+        window = foreground_window(values, (height, width), threshold, **resized)
+        if window is None:
+            return empty
+        row0, row1, col0, col1 = window
         out = torch.empty(row1 - row0, col1 - col0, dtype=torch.float32)
-        from napari_segany.sam.mask_upscaling import resize_bilinear_window
-
         band = max(1, 2**22 // max(1, col1 - col0))
         for start in range(row0, row1, band):
             stop = min(row1, start + band)
             out[start - row0 : stop - row0] = resize_bilinear_window(
-                frame, (height, width), (start, stop), (col0, col1)
+                values, (height, width), (start, stop), (col0, col1), **resized
             ).cpu()
         return (out if return_logits else out > threshold).numpy(), (row0, col0)
 
@@ -462,20 +468,49 @@ class SamPredictor:
         height, width = self.original_size
         if return_logits:
             out = torch.empty(batch, channels, height, width, dtype=torch.float32, device=device)
-        else:
-            out = torch.zeros(batch, channels, height, width, dtype=torch.bool, device=device)
+            for b in range(batch):
+                frames = self._input_frame_logits(low_res[b].to(self.device))
+                for c in range(channels):
+                    upscale_into(frames[c], out[b, c])
+            return out
+        out = torch.zeros(batch, channels, height, width, dtype=torch.bool, device=device)
         for b in range(batch):
-            frames = self._input_frame_logits(low_res[b].to(self.device))
             for c in range(channels):
-                self._upscale_one(frames[c], out[b, c], self.model.mask_threshold)
+                self._upscale_one(low_res[b, c].to(self.device), out[b, c])
         return out
 
-    @staticmethod
-    def _upscale_one(frame: torch.Tensor, out: torch.Tensor, threshold: float) -> None:
-        if tuple(frame.shape) == tuple(out.shape):
-            out.copy_(frame > threshold if out.dtype == torch.bool else frame)
+    def _upscale_one(self, low_res: torch.Tensor, out: torch.Tensor) -> None:
+        """Write the (L, L) logits' mask into the all-False (H, W) bool ``out``, computing only
+        the window where it can be True."""
+        block = self._frame_block(low_res)
+        if block is None:
+            return
+        values, (row0, col0), frame_shape = block
+        threshold = self.model.mask_threshold
+        if frame_shape == tuple(out.shape):
+            target = out[row0 : row0 + values.shape[0], col0 : col0 + values.shape[1]]
+            target.copy_(values > threshold)
         else:
-            upscale_into(frame, out, threshold=threshold)
+            upscale_into(
+                values, out, threshold=threshold, origin=(row0, col0), source_shape=frame_shape
+            )
+
+    def _frame_block(
+        self, low_res: torch.Tensor
+    ) -> tuple[torch.Tensor, tuple[int, int], tuple[int, int]] | None:
+        """The part of :meth:`_input_frame_logits` of one (L, L) map that can exceed the mask
+        threshold, plus the pixel around it that a resize to the original size reads: (values,
+        top-left corner, frame shape); ``None`` if no pixel can."""
+        low_res = low_res.float()
+        if self.preprocessing.resize == "square":  # the low-res map is the frame
+            return low_res, (0, 0), tuple(low_res.shape)
+        size = self.model.image_size
+        margin = 0 if tuple(self.input_size) == tuple(self.original_size) else 1
+        threshold = self.model.mask_threshold
+        block = input_frame_block(low_res, (size, size), self.input_size, threshold, margin=margin)
+        if block is None:
+            return None
+        return block[0], block[1], tuple(self.input_size)
 
     def _input_frame_logits(self, low_res: torch.Tensor) -> torch.Tensor:
         """(N, L, L) logits -> (N, h, w) on the resized image inside the model input (SAM), or
