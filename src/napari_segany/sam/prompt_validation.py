@@ -67,7 +67,7 @@ def validate_points(
             f"decoder time and memory). Keep a few representative points, or give a box or "
             f"a mask prompt instead"
         )
-    if not np.all(np.isin(labels, (0, 1, -1))):
+    if not ((labels == 1) | (labels == 0) | (labels == -1)).all():  # np.isin: 10x slower
         raise ValueError(
             f"point labels must be 1 (foreground) or 0 (background); got {np.unique(labels)}"
         )
