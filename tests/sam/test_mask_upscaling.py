@@ -133,6 +133,37 @@ def test_upscale_mask_of_a_compact_object_equals_the_whole_frame_path(
         p.upscale_mask(low.numpy())
 
 
+def test_a_compact_mask_on_a_huge_plane_touches_only_its_window(tiny_sam_hf_folder):
+    """The full-size (12000² = 137 MiB) mask of a small object costs about its window in memory
+    (and time): the untouched rest of the all-False array is never written."""
+    code = textwrap.dedent(
+        f"""
+        import resource, numpy as np, torch
+        from napari_segany.sam import load_sam, transforms
+        from napari_segany.sam.predictor import SamEmbedding, SamPredictor, model_identity
+        model = load_sam({str(tiny_sam_hf_folder)!r}, precision="fp32")
+        p = SamPredictor(model)
+        size = (12000, 12000)
+        features = torch.zeros(1, 32, 8, 8)
+        input_size = transforms.model_input_size(size, model.image_size, "longest_side")
+        p.set_embedding_state(SamEmbedding(features, size, input_size, model_identity(model)))
+        low = np.full((3, 32, 32), -8.0, np.float32)
+        low[:, 10:12, 20:23] = 6.0
+        p.upscale_mask(low, 0)  # warm up
+        base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        masks = [p.upscale_mask(low, i) for i in range(3)]
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        print((peak - base) / 1024, int(masks[0].sum()), masks[0].shape[0])
+        """
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=300
+    )
+    extra_mb, area, side = out.stdout.split()
+    assert int(side) == 12000 and 0 < int(area) < 12000**2 / 100
+    assert float(extra_mb) < 60, extra_mb  # three full masks written in full: 412 MiB
+
+
 def test_empty_mask_computes_nothing():
     out = torch.zeros(50, 60, dtype=torch.bool)
     upscale_into(torch.full((10, 12), -3.0), out)

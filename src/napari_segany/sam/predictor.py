@@ -422,7 +422,7 @@ class SamPredictor:
                 full = torch.empty(height, width, dtype=torch.float32)
                 upscale_into(self._input_frame_logits(selected[None])[0], full)
                 return full.numpy()
-            full = torch.zeros(height, width, dtype=torch.bool)
+            full = _zeros_bool((height, width))
             self._upscale_one(selected, full)
             return full.numpy()
         empty = np.zeros((0, 0), dtype=np.float32 if return_logits else bool), (0, 0)
@@ -473,7 +473,7 @@ class SamPredictor:
                 for c in range(channels):
                     upscale_into(frames[c], out[b, c])
             return out
-        out = torch.zeros(batch, channels, height, width, dtype=torch.bool, device=device)
+        out = _zeros_bool((batch, channels, height, width), device)
         for b in range(batch):
             for c in range(channels):
                 self._upscale_one(low_res[b, c].to(self.device), out[b, c])
@@ -579,3 +579,12 @@ class SamPredictor:
         if tuple(masks.shape[-2:]) != self.original_size:
             masks = transforms.resize_bilinear(masks, self.original_size)
         return masks.reshape(batch, channels, *masks.shape[-2:])
+
+
+def _zeros_bool(shape: tuple[int, ...], device: torch.device | None = None) -> torch.Tensor:
+    """An all-False bool tensor. On the CPU from ``np.zeros``, whose pages the OS zeroes only
+    when touched: a mask written in a small window of a 12000² plane costs that window, where
+    ``torch.zeros`` writes all 137 MiB first (32 ms)."""
+    if device is None or device.type == "cpu":
+        return torch.from_numpy(np.zeros(shape, dtype=bool))
+    return torch.zeros(shape, dtype=torch.bool, device=device)
