@@ -262,16 +262,7 @@ def main() -> None:
         print(
             f"prompt->shown mask this ({DTYPE_NAMES[dtype]}):  {summary(t_shown)}  (best candidate only, cropped)"
         )
-        # Random weights give masks speckled over the whole image (the upscaling's worst case);
-        # a real object is compact: time the upscaling step alone for one.
-        compact = np.full((3, *ours.low_res_mask_size), -8.0, dtype=np.float32)
-        compact[:, 100:140, 90:130] = 6.0
-        for crop in (True, False):
-            t_up = timed(lambda c=crop: predictor.upscale_mask(compact, 1, crop=c), device, 30, 3)
-            print(
-                f"upscale of a compact shown mask (40 x 40 of 256 x 256), {'cropped' if crop else 'full size'}: "
-                f"median {statistics.median(t_up) * 1e3:.3f} ms (min {min(t_up) * 1e3:.3f}, n={len(t_up)})"
-            )
+        _time_compact_upscaling(predictor, features, device)
     if args.compile_decoder:
         ours.compile_decoder()
         start = time.perf_counter()
@@ -381,6 +372,36 @@ def _print_profiles(ours, pixels, reference, dtype, rows: int = 15) -> None:
                 synchronize(pixels.device)
             print(f"\nprofile of one embedding, {name}:")
             print(prof.key_averages().table(sort_by=sort, row_limit=rows))
+
+
+def _time_compact_upscaling(predictor: SamPredictor, features: torch.Tensor, device) -> None:
+    """The upscaling step alone, for a compact object on a 1024² image and a 12000² plane.
+
+    Random weights give masks speckled over the whole image (the upscaling's worst case, timed
+    above); a real object is compact: 40 x 40 of the 256 x 256 low-resolution logits here.
+    """
+    from napari_segany.sam import SamEmbedding, transforms
+    from napari_segany.sam.predictor import model_identity
+
+    model = predictor.model
+    state = predictor.get_embedding_state()
+    compact = np.full((3, *model.low_res_mask_size), -8.0, dtype=np.float32)
+    compact[:, 100:140, 90:130] = 6.0
+    for side in (model.image_size, 12000):
+        size = (side, side)
+        resize = predictor.preprocessing.resize
+        input_size = transforms.model_input_size(size, model.image_size, resize)
+        predictor.set_embedding_state(
+            SamEmbedding(features, size, input_size, model_identity(model))
+        )
+        for crop in (True, False):
+            times = timed(lambda c=crop: predictor.upscale_mask(compact, 1, crop=c), device, 20, 2)
+            print(
+                f"upscale of a compact shown mask to {side}², {'cropped' if crop else 'full size'}: "
+                f"median {statistics.median(times) * 1e3:.3f} ms (min {min(times) * 1e3:.3f}, "
+                f"n={len(times)})"
+            )
+    predictor.set_embedding_state(state)
 
 
 def _state(predictor: SamPredictor, features: torch.Tensor, size: tuple[int, int]):
