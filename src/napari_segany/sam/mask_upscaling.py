@@ -202,10 +202,12 @@ def resized_block(
 ) -> torch.Tensor:
     """Rows ``rows`` × columns ``cols`` of :func:`~napari_segany.sam.transforms.resize_bilinear`
     of the (h, w) float map to ``size``, with the same values, computed from only the source
-    pixels they read when the factors are integers (SAM's 256 -> 1024)."""
+    pixels they read when the factors are integers (SAM's 256 -> 1024) on the CPU; otherwise
+    the whole map is resized (cheap on a GPU) and the window cut out."""
     height, width = logits.shape
     fy, fx = size[0] // height, size[1] // width
-    if fy * height != size[0] or fx * width != size[1] or min(fy, fx) < 2 or logits.is_cuda:
+    on_cpu = logits.device.type == "cpu"
+    if fy * height != size[0] or fx * width != size[1] or min(fy, fx) < 2 or not on_cpu:
         return transforms.resize_bilinear(logits[None], size)[
             0, rows[0] : rows[1], cols[0] : cols[1]
         ]
