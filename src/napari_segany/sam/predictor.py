@@ -420,7 +420,7 @@ class SamPredictor:
         if not crop:
             if return_logits:
                 full = torch.empty(height, width, dtype=torch.float32)
-                upscale_into(self._input_frame_logits(selected[None])[0], full)
+                _logits_into(self._input_frame_logits(selected[None])[0], full)
                 return full.numpy()
             full = _zeros_bool((height, width))
             self._upscale_one(selected, full)
@@ -471,7 +471,7 @@ class SamPredictor:
             for b in range(batch):
                 frames = self._input_frame_logits(low_res[b].to(self.device))
                 for c in range(channels):
-                    upscale_into(frames[c], out[b, c])
+                    _logits_into(frames[c], out[b, c])
             return out
         out = _zeros_bool((batch, channels, height, width), device)
         for b in range(batch):
@@ -579,6 +579,14 @@ class SamPredictor:
         if tuple(masks.shape[-2:]) != self.original_size:
             masks = transforms.resize_bilinear(masks, self.original_size)
         return masks.reshape(batch, channels, *masks.shape[-2:])
+
+
+def _logits_into(frame: torch.Tensor, out: torch.Tensor) -> None:
+    """The input-frame logits resized into the float (H, W) ``out`` (copied when same size)."""
+    if tuple(frame.shape) == tuple(out.shape):
+        out.copy_(frame)
+    else:
+        upscale_into(frame, out)
 
 
 def _zeros_bool(shape: tuple[int, ...], device: torch.device | None = None) -> torch.Tensor:
