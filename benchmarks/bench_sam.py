@@ -375,7 +375,8 @@ def _print_profiles(ours, pixels, reference, dtype, rows: int = 15) -> None:
 
 
 def _time_compact_upscaling(predictor: SamPredictor, features: torch.Tensor, device) -> None:
-    """The upscaling step alone, for a compact object on a 1024² image and a 12000² plane.
+    """The upscaling step alone, for a compact object on a 1024² image and a 12000² plane, and
+    for a large one on the 12000² plane.
 
     Random weights give masks speckled over the whole image (the upscaling's worst case, timed
     above); a real object is compact: 40 x 40 of the 256 x 256 low-resolution logits here.
@@ -401,6 +402,13 @@ def _time_compact_upscaling(predictor: SamPredictor, features: torch.Tensor, dev
                 f"median {statistics.median(times) * 1e3:.3f} ms (min {min(times) * 1e3:.3f}, "
                 f"n={len(times)})"
             )
+    large = np.full_like(compact, -8.0)
+    large[:, 20:236, 10:140] = 6.0  # an object over about half the image
+    times = timed(lambda: predictor.upscale_mask(large, 1), device, 5, 1)
+    print(
+        f"upscale of a large shown mask (half the image) to 12000², full size: "
+        f"median {statistics.median(times) * 1e3:.1f} ms (min {min(times) * 1e3:.1f}, n={len(times)})"
+    )
     predictor.set_embedding_state(state)
 
 

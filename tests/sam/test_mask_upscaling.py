@@ -23,11 +23,19 @@ from napari_segany.sam.mask_upscaling import (
 from napari_segany.sam.predictor import SamPredictor
 
 
+@pytest.mark.parametrize("band_elements", [5000, mask_upscaling.BAND_ELEMENTS])
 @pytest.mark.parametrize(
-    "shape, size", [((96, 128), (300, 400)), ((37, 53), (101, 143)), ((128, 85), (1000, 666))]
+    "shape, size",
+    [
+        ((96, 128), (300, 400)),
+        ((37, 53), (101, 143)),
+        ((128, 85), (1000, 666)),
+        ((64, 64), (40, 50)),
+    ],
 )
-def test_window_upscaling_equals_f_interpolate(shape, size, monkeypatch):
-    monkeypatch.setattr(mask_upscaling, "BAND_ELEMENTS", 5000)  # many bands
+def test_window_upscaling_equals_f_interpolate(shape, size, band_elements, monkeypatch):
+    """Many bands, or one band of several blend products when enlarging; also shrinking."""
+    monkeypatch.setattr(mask_upscaling, "BAND_ELEMENTS", band_elements)
     x = torch.randn(*shape, generator=torch.Generator().manual_seed(0)) - 8
     x[10:20, 5:30] += 15
     reference = F.interpolate(x[None, None], size, mode="bilinear", align_corners=False)[0, 0]

@@ -35,6 +35,9 @@ __all__ = [
 BAND_ELEMENTS = 4 * 2**20
 """Float elements computed at once (16 MiB per temporary)."""
 
+PRODUCT_SOURCE_ROWS = 16
+"""Source rows of one blend product when enlarging (the product's cost per output value)."""
+
 
 def bilinear_taps(
     in_size: int, out_size: int, start: int = 0, stop: int | None = None
@@ -154,8 +157,24 @@ def resize_bilinear_window(
     # Columns first on the few source rows, then rows; the blends run in place.
     columns = source.index_select(1, c_first).mul_(1 - c_weight)
     columns.add_(source.index_select(1, c_second).mul_(c_weight))
-    out = columns.index_select(0, r_first - low).mul_((1 - r_weight)[:, None])
-    return out.add_(columns.index_select(0, r_second - low).mul_(r_weight[:, None]))
+    r_first, r_second = r_first - low, r_second - low
+    if size[0] < 2 * height or device.type != "cpu":
+        out = columns.index_select(0, r_first).mul_((1 - r_weight)[:, None])
+        return out.add_(columns.index_select(0, r_second).mul_(r_weight[:, None]))
+    # Enlarging: a few output rows at a time as one product of their (rows, source rows) blend
+    # matrix, two weights a row, with the few source rows they read: one pass over the output
+    # instead of five (a 12000² mask: 140 ms instead of 490 ms).
+    out = columns.new_empty(len(r_first), columns.shape[1])
+    step = max(1, (PRODUCT_SOURCE_ROWS - 2) * size[0] // height)
+    for start in range(0, len(r_first), step):
+        first, second = r_first[start : start + step], r_second[start : start + step]
+        top, bottom = int(first[0]), int(second[-1]) + 1
+        blend = columns.new_zeros(len(first), bottom - top)
+        where = torch.arange(len(first), device=device)
+        blend[where, first - top] = 1 - r_weight[start : start + step]
+        blend[where, second - top] += r_weight[start : start + step]  # + at the clamped edge
+        torch.mm(blend, columns[top:bottom], out=out[start : start + step])
+    return out
 
 
 def upscale_into(
@@ -186,6 +205,11 @@ def upscale_into(
     if window is None:
         return
     row0, row1, col0, col1 = window
+    if as_mask and out.device.type == "cpu":
+        # Writes the window's all-False pages once, in one pass: an output from ``np.zeros`` has
+        # pages the OS maps on first touch, and touching them from the threshold below was
+        # 5 times slower (a 12000² mask: 180 ms instead of 55 ms).
+        out[row0:row1, col0:col1] = False
     band = max(1, BAND_ELEMENTS // max(1, col1 - col0))
     for start in range(row0, row1, band):
         stop = min(row1, start + band)
