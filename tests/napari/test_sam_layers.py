@@ -197,3 +197,23 @@ def test_4d_time_series_segments_and_propagates_within_one_time_point(tiny_sam_m
     touched = {tuple(i) for i in np.argwhere(labels.data.any(axis=(2, 3)))}
     assert touched == {(1, 2)} | {(1, z) for z in masks}
     assert not labels.data[0].any()
+
+
+def test_paint_preview_earlier_masks_win_and_ids_cycle():
+    from napari_segany._napari.sam_prompt_layers import paint_preview
+
+    rng = np.random.default_rng(0)
+    masks = [rng.random((40, 50)) > p for p in (0.5, 0.3, 0.6)]
+    region = (slice(5, 35), slice(10, 45))
+    expected = np.zeros((30, 35), np.uint8)
+    for i, mask in enumerate(masks):  # the definition: mask i where no earlier mask is
+        painted = mask[region] & (expected == 0)
+        expected[painted] = i + 1
+    np.testing.assert_array_equal(paint_preview(masks, region), expected)
+    assert set(np.unique(expected)) == {0, 1, 2, 3}
+    many = [np.zeros((4, 4), bool) for _ in range(256)]
+    many[254][2, 2] = many[255][1, 1] = True
+    out = paint_preview(many, (slice(0, 4), slice(0, 4)))
+    assert out[2, 2] == 1 and out[1, 1] == 2 and out.sum() == 3  # ids 1..254, then again
+    empty = paint_preview([], region)
+    assert empty.shape == (30, 35) and not empty.any()

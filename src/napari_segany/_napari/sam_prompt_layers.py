@@ -259,12 +259,7 @@ class SamPromptLayers:
         region = _union([b for b in (old_box, new_box) if b is not None])
         if region is None:
             return
-        crop = np.zeros(
-            (region[0].stop - region[0].start, region[1].stop - region[1].start), np.uint8
-        )
-        for i, mask in enumerate(masks):
-            painted = np.asarray(mask, bool)[region] & (crop == 0)
-            crop[painted] = i % 254 + 1
+        crop = paint_preview(masks, region)
         old = np.asarray(layer.data[key + region])
         changed = crop != old
         n_changed = int(np.count_nonzero(changed))
@@ -286,6 +281,27 @@ class SamPromptLayers:
                 layer._reset_history()  # the preview is not something to undo
         if new_box is not None:
             self._preview_boxes[key] = new_box
+
+
+def paint_preview(masks: Sequence[np.ndarray], region: tuple[slice, slice]) -> np.ndarray:
+    """(h, w) uint8 crop of the preview inside ``region``: mask ``i`` painted with ``i % 254 + 1``
+    where no earlier mask is.
+
+    Whole-array arithmetic on the masks' 0/1 bytes, the last mask first and each earlier one
+    written over it: boolean indexing took 0.7 s for a speckled mask on a 12000² plane, this
+    13 ms for one mask.
+    """
+    shape = (region[0].stop - region[0].start, region[1].stop - region[1].start)
+    crop = np.zeros(shape, np.uint8)
+    for i in reversed(range(len(masks))):
+        part = np.asarray(masks[i], bool)[region].view(np.uint8)  # 0 or 1
+        label = np.uint8(i % 254 + 1)
+        if i == len(masks) - 1:
+            np.multiply(part, label, out=crop)
+        else:
+            np.multiply(crop, 1 - part, out=crop)
+            crop += part * label
+    return crop
 
 
 def _union(boxes: Sequence[tuple[slice, slice]]) -> tuple[slice, slice] | None:
