@@ -23,7 +23,10 @@ from napari_segany.sam.mask_upscaling import (
 from napari_segany.sam.predictor import SamPredictor
 
 
-@pytest.mark.parametrize("band_elements", [5000, mask_upscaling.BAND_ELEMENTS])
+@pytest.mark.parametrize(
+    "band_elements, product_min_elements",
+    [(5000, 0), (mask_upscaling.BAND_ELEMENTS, 0), (5000, mask_upscaling.PRODUCT_MIN_ELEMENTS)],
+)
 @pytest.mark.parametrize(
     "shape, size",
     [
@@ -33,9 +36,13 @@ from napari_segany.sam.predictor import SamPredictor
         ((64, 64), (40, 50)),
     ],
 )
-def test_window_upscaling_equals_f_interpolate(shape, size, band_elements, monkeypatch):
-    """Many bands, or one band of several blend products when enlarging; also shrinking."""
+def test_window_upscaling_equals_f_interpolate(
+    shape, size, band_elements, product_min_elements, monkeypatch
+):
+    """Many bands, or one band of several blend products when enlarging, or gathers (small
+    windows); also shrinking."""
     monkeypatch.setattr(mask_upscaling, "BAND_ELEMENTS", band_elements)
+    monkeypatch.setattr(mask_upscaling, "PRODUCT_MIN_ELEMENTS", product_min_elements)
     x = torch.randn(*shape, generator=torch.Generator().manual_seed(0)) - 8
     x[10:20, 5:30] += 15
     reference = F.interpolate(x[None, None], size, mode="bilinear", align_corners=False)[0, 0]

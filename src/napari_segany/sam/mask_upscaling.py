@@ -38,6 +38,9 @@ BAND_ELEMENTS = 4 * 2**20
 PRODUCT_SOURCE_ROWS = 16
 """Source rows of one blend product when enlarging (the product's cost per output value)."""
 
+PRODUCT_MIN_ELEMENTS = 2**21
+"""Smaller windows are blended by gathers: the products' fixed cost would not pay."""
+
 
 def bilinear_taps(
     in_size: int, out_size: int, start: int = 0, stop: int | None = None
@@ -158,7 +161,8 @@ def resize_bilinear_window(
     columns = source.index_select(1, c_first).mul_(1 - c_weight)
     columns.add_(source.index_select(1, c_second).mul_(c_weight))
     r_first, r_second = r_first - low, r_second - low
-    if size[0] < 2 * height or device.type != "cpu":
+    small = len(r_first) * columns.shape[1] < PRODUCT_MIN_ELEMENTS
+    if size[0] < 2 * height or small or device.type != "cpu":
         out = columns.index_select(0, r_first).mul_((1 - r_weight)[:, None])
         return out.add_(columns.index_select(0, r_second).mul_(r_weight[:, None]))
     # Enlarging: a few output rows at a time as one product of their (rows, source rows) blend
