@@ -196,10 +196,19 @@ def upscale_into(
     outside it, e.g. from ``torch.zeros``); a float ``out`` is filled everywhere, or inside
     ``window`` when given. Work proceeds in bands of about :data:`BAND_ELEMENTS` values.
     ``origin`` and ``source_shape``: ``logits`` is a block of a larger map, as for
-    :func:`foreground_window` (then it must hold every source pixel the window reads).
+    :func:`foreground_window` (then it must hold every source pixel the window reads, and for a
+    bool ``out`` every value above ``threshold``). A map of ``out``'s size is copied (or
+    thresholded) into place, without a window.
     """
     size = (int(out.shape[0]), int(out.shape[1]))
     as_mask = out.dtype == torch.bool
+    if window is None and (tuple(logits.shape) if source_shape is None else source_shape) == size:
+        # No resize: the block itself, copied or thresholded into place.
+        target = out[
+            origin[0] : origin[0] + logits.shape[0], origin[1] : origin[1] + logits.shape[1]
+        ]
+        target.copy_(logits > threshold if as_mask else logits)
+        return
     block = {"origin": origin, "source_shape": source_shape}
     if window is None:
         if as_mask:
@@ -246,8 +255,7 @@ def resized_block(
     left, right = max(0, cols[0] // fx - 1), min(width, (cols[1] - 1) // fx + 2)
     part = logits[top:bottom, left:right].contiguous()
     part = transforms.resize_bilinear(part[None], (part.shape[0] * fy, part.shape[1] * fx))[0]
-    rows = slice(rows[0] - top * fy, rows[1] - top * fy)
-    return part[rows, cols[0] - left * fx : cols[1] - left * fx]
+    return part[rows[0] - top * fy : rows[1] - top * fy, cols[0] - left * fx : cols[1] - left * fx]
 
 
 def input_frame_block(

@@ -19,6 +19,7 @@ from napari_segany.errors import explain_out_of_memory
 from napari_segany.image_conversion import to_uint8_rgb
 from napari_segany.sam import transforms
 from napari_segany.sam.mask_upscaling import (
+    BAND_ELEMENTS,
     foreground_window,
     input_frame_block,
     resize_bilinear_window,
@@ -420,7 +421,7 @@ class SamPredictor:
         if not crop:
             if return_logits:
                 full = torch.empty(height, width, dtype=torch.float32)
-                _logits_into(self._input_frame_logits(selected[None])[0], full)
+                upscale_into(self._input_frame_logits(selected[None])[0], full)
                 return full.numpy()
             full = _zeros_bool((height, width))
             self._upscale_one(selected, full)
@@ -439,7 +440,7 @@ class SamPredictor:
             return empty
         row0, row1, col0, col1 = window
         out = torch.empty(row1 - row0, col1 - col0, dtype=torch.float32)
-        band = max(1, 2**22 // max(1, col1 - col0))
+        band = max(1, BAND_ELEMENTS // max(1, col1 - col0))
         for start in range(row0, row1, band):
             stop = min(row1, start + band)
             out[start - row0 : stop - row0] = resize_bilinear_window(
@@ -471,7 +472,7 @@ class SamPredictor:
             for b in range(batch):
                 frames = self._input_frame_logits(low_res[b].to(self.device))
                 for c in range(channels):
-                    _logits_into(frames[c], out[b, c])
+                    upscale_into(frames[c], out[b, c])
             return out
         out = _zeros_bool((batch, channels, height, width), device)
         for b in range(batch):
@@ -485,15 +486,9 @@ class SamPredictor:
         block = self._frame_block(low_res)
         if block is None:
             return
-        values, (row0, col0), frame_shape = block
+        values, origin, frame_shape = block
         threshold = self.model.mask_threshold
-        if frame_shape == tuple(out.shape):
-            target = out[row0 : row0 + values.shape[0], col0 : col0 + values.shape[1]]
-            target.copy_(values > threshold)
-        else:
-            upscale_into(
-                values, out, threshold=threshold, origin=(row0, col0), source_shape=frame_shape
-            )
+        upscale_into(values, out, threshold=threshold, origin=origin, source_shape=frame_shape)
 
     def _frame_block(
         self, low_res: torch.Tensor
@@ -579,14 +574,6 @@ class SamPredictor:
         if tuple(masks.shape[-2:]) != self.original_size:
             masks = transforms.resize_bilinear(masks, self.original_size)
         return masks.reshape(batch, channels, *masks.shape[-2:])
-
-
-def _logits_into(frame: torch.Tensor, out: torch.Tensor) -> None:
-    """The input-frame logits resized into the float (H, W) ``out`` (copied when same size)."""
-    if tuple(frame.shape) == tuple(out.shape):
-        out.copy_(frame)
-    else:
-        upscale_into(frame, out)
 
 
 def _zeros_bool(shape: tuple[int, ...], device: torch.device | None = None) -> torch.Tensor:
