@@ -156,6 +156,7 @@ def write_random_weights(model_name: str, path: Path, seed: int) -> None:
 def run_worker(args: argparse.Namespace) -> dict:
     import torch
 
+    warmup_seconds = None
     torch.manual_seed(0)
     device = torch.device(args.device)
     image = synthetic_image(args.size)
@@ -178,6 +179,12 @@ def run_worker(args: argparse.Namespace) -> dict:
         tiling = {"tile_size": 1024, "tile_overlap": 256} if args.impl == "ours-tiled" else {}
         generator = SamAutomaticMaskGenerator(model, **settings, **tiling)
         predictor = generator.predictor
+        if args.impl == "ours-compiled":
+            model.compile_decoder()
+            # Warm-up: one image compiles each batch shape (a full batch and the last one).
+            start = time.perf_counter()
+            generator.generate(image)
+            warmup_seconds = time.perf_counter() - start
 
     embedding_seconds = [0.0, 0.0]  # wall, CPU
     set_image = predictor.set_image
@@ -202,6 +209,7 @@ def run_worker(args: argparse.Namespace) -> dict:
     seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - start_cpu
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {
+        "warmup_seconds": warmup_seconds,
         "seconds": seconds,
         "cpu_seconds": cpu_seconds,
         "embedding_seconds": embedding_seconds[0],
@@ -290,6 +298,12 @@ def main() -> None:
     parser.add_argument(
         "--tiled", action="store_true", help="also run ours tiled at full resolution"
     )
+    parser.add_argument(
+        "--compile-decoder",
+        action="store_true",
+        help="also run ours with Sam.compile_decoder(): the first image (compiling) is timed "
+        "apart, then the same image again",
+    )
     parser.add_argument("--no-reference", action="store_true", help="skip the official generator")
     parser.add_argument("--quick", action="store_true", help="8 points per side (64 prompts)")
     parser.add_argument("--seed", type=int, default=0)
@@ -315,6 +329,7 @@ def main() -> None:
         weights = Path(folder) / f"{args.model}-random.pth"
         write_random_weights(args.model, weights, args.seed)
         impls = ([] if args.no_reference else ["reference"]) + ["ours"]
+        impls += ["ours-compiled"] if args.compile_decoder else []
         header = (
             f"{'size':>6} {'impl':<11} {'time s':>8} {'embed s':>8} {'CPU s':>8} {'embed CPU':>9} "
             f"{'masks':>6} {'peak RSS MB':>12} {'+RSS MB':>8} {'CUDA MB':>8}"
@@ -333,6 +348,22 @@ def main() -> None:
                 print(
                     f"{size:>6} {impl:<11} {result['seconds']:>8.2f} {result['embedding_seconds']:>8.2f} "
                     f"{result['cpu_seconds']:>8.2f} {result['embedding_cpu_seconds']:>9.2f} {result['n_masks']:>6} {result['peak_rss_mb']:>12.0f} {result['rss_increase_mb']:>8.0f} {cuda:>8}",
+                    flush=True,
+                )
+                if result["warmup_seconds"] is not None:
+                    print(
+                        f"{size:>6} {impl}: first image, compiling, {result['warmup_seconds']:.1f} s",
+                        flush=True,
+                    )
+            if "ours-compiled" in results and "ours" in results:
+                eager, comp = results["ours"], results["ours-compiled"]
+                rest = (eager["seconds"] - eager["embedding_seconds"]) / max(
+                    comp["seconds"] - comp["embedding_seconds"], 1e-9
+                )
+                print(
+                    f"{size:>6} ratio ours/ours-compiled (wall time): "
+                    f"{eager['seconds'] / comp['seconds']:.2f}x total, {rest:.2f}x excluding "
+                    f"embeddings; same kept masks: {eager['boxes'] == comp['boxes']}",
                     flush=True,
                 )
             if "reference" in results and "ours" in results:

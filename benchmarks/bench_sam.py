@@ -133,7 +133,8 @@ def main() -> None:
     parser.add_argument(
         "--compile-decoder",
         action="store_true",
-        help="also time prompt -> mask with Sam.compile_decoder() (CUDA graphs on a GPU)",
+        help="also time prompt -> mask with Sam.compile_decoder() (CUDA graphs on a GPU, "
+        "inductor with frozen weights on the CPU)",
     )
     args = parser.parse_args()
 
@@ -263,12 +264,13 @@ def main() -> None:
             f"prompt->shown mask this ({DTYPE_NAMES[dtype]}):  {summary(t_shown)}  (best candidate only, cropped)"
         )
         _time_compact_upscaling(predictor, features, device)
+    t_compiled = t_shown_c = None
     if args.compile_decoder:
         ours.compile_decoder()
         start = time.perf_counter()
         predictor.predict(point_coords=point, point_labels=label)
         synchronize(device)
-        print(f"compiled decoder warm-up: {time.perf_counter() - start:.1f} s")
+        print(f"compiled decoder warm-up (one prompt shape): {time.perf_counter() - start:.1f} s")
         t_compiled = timed(
             lambda: predictor.predict(point_coords=point, point_labels=label),
             device,
@@ -280,6 +282,8 @@ def main() -> None:
             t_shown_c = timed(shown_mask, device, args.decoder_repeats, 3)
             print(f"prompt->shown mask, compiled decoder: {summary(t_shown_c)}")
         ours.uncompile_decoder()
+        t_shown_e = timed(shown_mask, device, args.decoder_repeats, 3)
+        print(f"prompt->shown mask this, eager again:  {summary(t_shown_e)}")
 
     if ref_dtypes:
         ref_dtype = ref_dtypes[-1]
@@ -306,6 +310,12 @@ def main() -> None:
                 f"ratio prompt->shown mask this / transformers (decoder + upscaling of all masks): "
                 f"{statistics.median(t_shown) / statistics.median(t_ref_pred):.3f}"
             )
+        for name, times in (("mask", t_compiled), ("shown mask", t_shown_c)):
+            if times is not None:
+                print(
+                    f"ratio prompt->{name} this with the compiled decoder / transformers: "
+                    f"{statistics.median(times) / statistics.median(t_ref_pred):.3f}"
+                )
     if device.type == "cpu":
         cores = os.cpu_count() or 1
         load = ", ".join(f"{x:.1f}" for x in os.getloadavg())

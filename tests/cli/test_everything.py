@@ -333,3 +333,32 @@ def test_help_and_version_exit_0(capsys):
     assert "everything" in capsys.readouterr().out
     assert main(["everything", "--help"]) == 0
     assert "--points-per-side" in capsys.readouterr().out
+
+
+def test_compile_decoder_option_compiles_once_and_keeps_the_labels(
+    tiny_sam_hf_folder, tiny_predictor, image_folder, tmp_path, monkeypatch
+):
+    """--compile-decoder: the worker's model is compiled once (dynamo's eager backend here: no C++
+    build), the labels are those of the eager pipeline, and the record says so."""
+    import tifffile
+    import torch
+
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
+    real_compile = torch.compile
+    compiled = []
+
+    def eager_backend_compile(module, **kwargs):
+        compiled.append(type(module).__name__)
+        return real_compile(module, backend="eager", dynamic=kwargs.get("dynamic"))
+
+    monkeypatch.setattr(torch, "compile", eager_backend_compile)
+    out = tmp_path / "out"
+    args = ["everything", str(image_folder / "b.tif"), "-o", str(out)]
+    args += ["--model", str(tiny_sam_hf_folder), "--compile-decoder"] + EVERYTHING_FAST
+    assert main(args) == 0
+    image = tifffile.imread(image_folder / "b.tif")
+    labels = tifffile.imread(out / "b_labels.tif")
+    np.testing.assert_array_equal(labels, expected_labels(tiny_predictor, image))
+    assert labels.max() > 0
+    assert compiled == ["MaskDecoder"]
+    assert read_record(out)["model"]["compile_decoder"] == "yes"

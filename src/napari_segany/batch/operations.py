@@ -40,10 +40,14 @@ class ModelSpec:
     source: str
     device: str = "auto"
     precision: str = "auto"
+    compile_decoder: bool = False  # SAM: Sam.compile_decoder() once loaded
 
     def describe(self) -> dict[str, str]:
         """For the run record."""
-        return {"source": self.source, "device": self.device, "precision": self.precision}
+        described = {"source": self.source, "device": self.device, "precision": self.precision}
+        if self.compile_decoder:
+            described["compile_decoder"] = "yes"
+        return described
 
 
 @dataclass(frozen=True)
@@ -63,7 +67,10 @@ def _count_objects(labels: np.ndarray) -> int:
 def _load_sam_predictor(model: ModelSpec) -> Any:
     from napari_segany.sam import SamPredictor, load_sam
 
-    return SamPredictor(load_sam(model.source, device=model.device, precision=model.precision))
+    sam = load_sam(model.source, device=model.device, precision=model.precision)
+    if model.compile_decoder:
+        sam.compile_decoder()
+    return SamPredictor(sam)
 
 
 @dataclass(frozen=True)

@@ -133,7 +133,9 @@ def model_spec(args: argparse.Namespace) -> Any:
         check_model_source(str(args.model))
     except UnknownModelError as exc:
         raise UsageError(str(exc)) from None
-    return ModelSpec(str(args.model), args.device, args.precision)
+    return ModelSpec(
+        str(args.model), args.device, args.precision, getattr(args, "compile_decoder", False)
+    )
 
 
 def batch_options(args: argparse.Namespace, *, output: bool = True) -> Any:
