@@ -4,6 +4,7 @@ path (inductor with freezing), the rebuild on a weight change and the cache-fold
 from __future__ import annotations
 
 import os
+import shutil
 
 import pytest
 import torch
@@ -114,6 +115,10 @@ def test_compile_decoder_rebuilds_when_the_weights_change(
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(
+    not any(map(shutil.which, ("c++", "g++", "clang++"))),
+    reason="inductor builds C++: no compiler on this machine",
+)
 def test_inductor_compiled_decoder_matches_eager_and_follows_new_weights(
     monkeypatch, tmp_path, tiny_sam_model
 ):
@@ -167,3 +172,65 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def test_a_failing_compile_falls_back_to_eager_with_a_warning(
+    monkeypatch, tmp_path, tiny_sam_model
+):
+    """A compile error on the first call (here a broken backend) must not lose the click: the
+    eager decoder answers, the model stays uncompiled and a warning says why."""
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
+
+    def broken_compile(module, **kwargs):
+        def compiled(**inputs):
+            raise RuntimeError("C++ compile error: cannot find omp.h")
+
+        return compiled
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    model = tiny_sam_model
+    pixels, points, labels = _prompt(model)
+    with torch.no_grad():
+        embedding = model.embed_image(pixels)
+        eager = model.decode(embedding, points, labels)
+        model.compile_decoder()
+        with pytest.warns(RuntimeWarning, match="cannot find omp.h"):
+            result = model.decode(embedding, points, labels)
+    assert "_compiled_mask_decoder" not in model.__dict__
+    for a, b in zip(result, eager, strict=True):
+        torch.testing.assert_close(a, b)
+
+
+def test_bad_inputs_raise_as_without_compiling(monkeypatch, tmp_path, recwarn, tiny_sam_model):
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
+    calls = []
+
+    def passthrough_compile(module, **kwargs):
+        def compiled(**inputs):
+            calls.append(1)
+            return module(**inputs)
+
+        return compiled
+
+    monkeypatch.setattr(torch, "compile", passthrough_compile)
+    model = tiny_sam_model
+    pixels, points, labels = _prompt(model)
+    with torch.no_grad():
+        embedding = model.embed_image(pixels)
+        model.compile_decoder()
+        try:
+            with pytest.raises(RuntimeError):
+                # two images for one prompt: the decoder's products do not match
+                model.decode(torch.cat([embedding, embedding]), points, labels)
+            assert calls == [1] and not [w for w in recwarn if w.category is RuntimeWarning]
+            assert "_compiled_mask_decoder" in model.__dict__  # kept: the inputs were at fault
+        finally:
+            model.uncompile_decoder()
+
+
+def test_compile_decoder_needs_a_cpp_compiler_on_the_cpu(monkeypatch, tiny_sam_model):
+    monkeypatch.delenv("CXX", raising=False)
+    monkeypatch.setattr("shutil.which", lambda name: None)
+    with pytest.raises(RuntimeError, match="no C\\+\\+ compiler"):
+        tiny_sam_model.compile_decoder()
+    assert "_compiled_mask_decoder" not in tiny_sam_model.__dict__

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import getpass
 import os
+import shutil
 import stat
 import tempfile
+import warnings
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -118,17 +120,30 @@ class Sam(nn.Module):
         points = None if point_coords is None else (point_coords, point_labels)
         sparse, dense = self.prompt_encoder(points=points, boxes=boxes, masks=mask_input)
         projections = None if mask_input is not None else self._image_projections(image_embeddings)
+        inputs = {
+            "image_embeddings": image_embeddings.to(self.dtype),
+            "image_pe": self.prompt_encoder.get_dense_pe(),
+            "sparse_prompt_embeddings": sparse,
+            "dense_prompt_embeddings": dense,
+            "multimask_output": multimask_output,
+            "projections": projections,
+        }
         compiled = self._compiled_decoder()
-        low_res, iou = (self.mask_decoder if compiled is None else compiled)(
-            image_embeddings=image_embeddings.to(self.dtype),
-            image_pe=self.prompt_encoder.get_dense_pe(),
-            sparse_prompt_embeddings=sparse,
-            dense_prompt_embeddings=dense,
-            multimask_output=multimask_output,
-            projections=projections,
-        )
-        if compiled is not None and low_res.device.type == "cuda":
-            # CUDA graphs reuse their output buffers on the next call.
+        if compiled is None:
+            return self.mask_decoder(**inputs)
+        try:
+            low_res, iou = compiled(**inputs)
+        except Exception as error:
+            result = self.mask_decoder(**inputs)  # bad inputs raise here, as without compiling
+            self.uncompile_decoder()
+            warnings.warn(
+                f"compiling the SAM mask decoder failed, so it runs uncompiled from now on "
+                f"(same results, no speed-up): {type(error).__name__}: {str(error)[:500]}",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            return result
+        if low_res.device.type == "cuda":  # CUDA graphs reuse their output buffers
             return low_res.clone(), iou.clone()
         return low_res, iou
 
@@ -186,15 +201,28 @@ class Sam(nn.Module):
         parameters are shared and the state dict does not change; :meth:`uncompile_decoder` goes
         back to eager.
 
+        Compiling happens on the first call of each prompt shape; if it fails there (no C++
+        compiler, an unsupported operator), that call and the later ones run the eager decoder
+        and a ``RuntimeWarning`` says why.
+
         Raises
         ------
         PermissionError
             When inductor's cache directory (compiled code it loads and runs) is writable by
             other users.
+        RuntimeError
+            On the CPU without a C++ compiler (inductor builds its kernels with one).
         """
         freeze = mode == "auto" and self.device.type == "cpu"
         if mode == "auto":
             mode = "reduce-overhead" if self.device.type == "cuda" else None
+        if self.device.type == "cpu" and not _cpp_compiler():
+            raise RuntimeError(
+                "torch.compile on the CPU builds C++ code, and no C++ compiler was found (g++, "
+                "clang++ or c++ on PATH, or $CXX): install one (e.g. 'apt install g++', Xcode's "
+                "command line tools, or Visual Studio's Build Tools) or keep the decoder "
+                "uncompiled."
+            )
         check_compile_cache_private()
         self.__dict__["_compiled_mask_decoder"] = _CompiledDecoder.build(
             self.mask_decoder, mode, freeze, self._decoder_weights_key()
@@ -281,6 +309,12 @@ def check_compile_cache_private() -> str:
             "TORCHINDUCTOR_CACHE_DIR to a directory only you can write to, or do not compile."
         )
     return path
+
+
+def _cpp_compiler() -> str | None:
+    """Path of the C++ compiler inductor would find ($CXX first), or None."""
+    names = [os.environ.get("CXX", ""), "c++", "g++", "clang++", "cl"]
+    return next((found for name in names if name and (found := shutil.which(name))), None)
 
 
 def _version(tensor: torch.Tensor) -> int | None:
