@@ -58,11 +58,17 @@ def wrapped_label(text: str = "") -> Label:
 def find_docked(viewer: Any, widget_type: type) -> Any | None:
     """The first widget of ``widget_type`` docked in ``viewer``'s window, or None.
 
-    Reads napari's dock wrappers (``Window._dock_widgets``, present in every napari this plugin
-    supports; the public ``dock_widgets`` mapping only exists from napari 0.6).
+    Reads napari's public ``Window.dock_widgets`` mapping (from napari 0.6: dock wrappers up to
+    0.8, the inner widgets from 0.9, where the private ``_dock_widgets`` warns), else
+    ``_dock_widgets`` (older napari).
     """
-    for dock in list(getattr(viewer.window, "_dock_widgets", {}).values()):
-        inner = dock.widget()
+    docked = getattr(viewer.window, "dock_widgets", None)
+    if docked is None:
+        docked = getattr(viewer.window, "_dock_widgets", {})
+    for item in list(docked.values()):
+        if isinstance(item, QDockWidget):
+            item = item.widget()
+        inner = getattr(item, "native", item)  # magicgui widgets wrap a QWidget
         found = inner if isinstance(inner, widget_type) else inner.findChild(widget_type)
         if found is not None:
             return found
