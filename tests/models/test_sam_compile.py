@@ -34,6 +34,14 @@ def eager_backend(monkeypatch, tmp_path):
     return calls
 
 
+def _fake_compile(monkeypatch, tmp_path, run):
+    """torch.compile returns a callable that answers ``run(module, inputs)``; a private cache."""
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
+    monkeypatch.setattr(
+        torch, "compile", lambda module, **kwargs: lambda **inputs: run(module, inputs)
+    )
+
+
 @pytest.mark.slow
 def test_compile_decoder_routes_decode_and_keeps_the_state_dict(eager_backend, tiny_sam_model):
     model = tiny_sam_model
@@ -179,15 +187,11 @@ def test_a_failing_compile_falls_back_to_eager_with_a_warning(
 ):
     """A compile error on the first call (here a broken backend) must not lose the click: the
     eager decoder answers, the model stays uncompiled and a warning says why."""
-    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
 
-    def broken_compile(module, **kwargs):
-        def compiled(**inputs):
-            raise RuntimeError("C++ compile error: cannot find omp.h")
+    def broken(module, inputs):
+        raise RuntimeError("C++ compile error: cannot find omp.h")
 
-        return compiled
-
-    monkeypatch.setattr(torch, "compile", broken_compile)
+    _fake_compile(monkeypatch, tmp_path, broken)
     model = tiny_sam_model
     pixels, points, labels = _prompt(model)
     with torch.no_grad():
@@ -202,17 +206,13 @@ def test_a_failing_compile_falls_back_to_eager_with_a_warning(
 
 
 def test_bad_inputs_raise_as_without_compiling(monkeypatch, tmp_path, recwarn, tiny_sam_model):
-    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
     calls = []
 
-    def passthrough_compile(module, **kwargs):
-        def compiled(**inputs):
-            calls.append(1)
-            return module(**inputs)
+    def passthrough(module, inputs):
+        calls.append(1)
+        return module(**inputs)
 
-        return compiled
-
-    monkeypatch.setattr(torch, "compile", passthrough_compile)
+    _fake_compile(monkeypatch, tmp_path, passthrough)
     model = tiny_sam_model
     pixels, points, labels = _prompt(model)
     with torch.no_grad():
