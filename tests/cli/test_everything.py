@@ -362,3 +362,16 @@ def test_compile_decoder_option_compiles_once_and_keeps_the_labels(
     assert labels.max() > 0
     assert compiled == ["MaskDecoder"]
     assert read_record(out)["model"]["compile_decoder"] == "yes"
+
+
+def test_compile_decoder_without_a_cpp_compiler_is_a_usage_error(
+    tiny_sam_hf_folder, image_folder, tmp_path, monkeypatch, capsys
+):
+    monkeypatch.delenv("CXX", raising=False)
+    monkeypatch.setattr("shutil.which", lambda name: None)
+    out = tmp_path / "out"
+    args = ["everything", str(image_folder / "b.tif"), "-o", str(out), "--device", "cpu"]
+    args += ["--model", str(tiny_sam_hf_folder), "--compile-decoder"] + EVERYTHING_FAST
+    assert main(args) == 2
+    assert "no C++ compiler" in capsys.readouterr().err
+    assert not out.exists()  # stopped before any input was read or any model loaded

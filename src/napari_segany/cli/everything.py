@@ -84,6 +84,16 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(
             f"--tile-size {args.tile_size} must be larger than --tile-overlap {args.tile_overlap}"
         )
+    if args.compile_decoder:
+        from napari_segany.models.precision import resolve_device
+        from napari_segany.models.sam.sam import compile_problem
+
+        try:
+            problem = compile_problem(resolve_device(args.device))
+        except ValueError as exc:  # a device this machine does not have
+            raise UsageError(str(exc)) from None
+        if problem:
+            raise UsageError(f"--compile-decoder: {problem}")
     options = batch_options(args)
     generator = tuple((keyword, getattr(args, keyword)) for _, keyword, *_ in GENERATOR_OPTIONS)
     tile_size = args.tile_size or None

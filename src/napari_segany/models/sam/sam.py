@@ -216,13 +216,9 @@ class Sam(nn.Module):
         freeze = mode == "auto" and self.device.type == "cpu"
         if mode == "auto":
             mode = "reduce-overhead" if self.device.type == "cuda" else None
-        if self.device.type == "cpu" and not _cpp_compiler():
-            raise RuntimeError(
-                "torch.compile on the CPU builds C++ code, and no C++ compiler was found (g++, "
-                "clang++ or c++ on PATH, or $CXX): install one (e.g. 'apt install g++', Xcode's "
-                "command line tools, or Visual Studio's Build Tools) or keep the decoder "
-                "uncompiled."
-            )
+        problem = compile_problem(self.device)
+        if problem:
+            raise RuntimeError(problem)
         check_compile_cache_private()
         self.__dict__["_compiled_mask_decoder"] = _CompiledDecoder.build(
             self.mask_decoder, mode, freeze, self._decoder_weights_key()
@@ -311,10 +307,19 @@ def check_compile_cache_private() -> str:
     return path
 
 
-def _cpp_compiler() -> str | None:
-    """Path of the C++ compiler inductor would find ($CXX first), or None."""
+def compile_problem(device: torch.device) -> str | None:
+    """Why :meth:`Sam.compile_decoder` cannot work on ``device`` here, or None: on the CPU,
+    inductor builds C++ and needs a compiler ($CXX, or c++, g++, clang++, cl on PATH)."""
+    if device.type != "cpu":
+        return None
     names = [os.environ.get("CXX", ""), "c++", "g++", "clang++", "cl"]
-    return next((found for name in names if name and (found := shutil.which(name))), None)
+    if any(shutil.which(name) for name in names if name):
+        return None
+    return (
+        "torch.compile on the CPU builds C++ code, and no C++ compiler was found (g++, clang++ "
+        "or c++ on PATH, or $CXX): install one (e.g. 'apt install g++', Xcode's command line "
+        "tools, or Visual Studio's Build Tools) or keep the decoder uncompiled."
+    )
 
 
 def _version(tensor: torch.Tensor) -> int | None:
