@@ -69,7 +69,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
         "--compile-decoder",
         action="store_true",
         help="torch.compile SAM's mask decoder: the first image compiles it (10-20 s on a laptop "
-        "CPU), then decoding is ~1.5x faster; pays off from a few images on",
+        "CPU), then each image is segmented ~1.3-1.5x faster; pays off from a few images on",
     )
     add_execution_arguments(parser)
     parser.set_defaults(run=run)
