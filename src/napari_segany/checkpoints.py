@@ -19,6 +19,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from napari_segany.models.allocator import keep_scratch_memory
+
 logger = logging.getLogger(__name__)
 
 HUB_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
@@ -543,7 +545,12 @@ def build_with_weights(
     allocated empty on ``device`` and then filled from the state dict, which may be memory-mapped.
     Keys must match exactly (see :func:`check_state_dict_keys`). Modules that keep non-persistent
     buffers define ``reset_buffers()``, which is called after loading to recompute them.
+
+    On the CPU this also keeps the scratch memory of later calls mapped
+    (:func:`napari_segany.models.allocator.keep_scratch_memory`).
     """
+    if torch.device(device).type == "cpu":
+        keep_scratch_memory()
     with torch.device("meta"):
         model = build()
     check_state_dict_keys(model, state_dict, source)
