@@ -6,8 +6,9 @@ fresh ``mmap`` calls and hands free memory at the top of the heap back to the sy
 *trim threshold*; every page of such a block is then faulted in and zeroed again on the next
 click. glibc raises both thresholds by itself (to at most 32 MiB and 64 MiB) once a block of that
 size has been freed, which is why a process that has just computed an image embedding clicks
-fast. A process that loaded the embedding from the disk cache has not, and measured on this
-machine a click then took about twice as long (``benchmarks/bench_click_fresh_process.py``).
+fast. A process that loaded the embedding from the disk cache has not: measured on this machine
+(ViT-B, two cores), its clicks took 11.5-13.0 ms instead of 8.8-9.0 ms, with about 3000 page
+faults each (``benchmarks/bench_click_fresh_process.py``).
 
 :func:`keep_scratch_memory` sets the two thresholds to the values glibc itself would reach, once
 per process, when a model is loaded onto the CPU. Blocks larger than 32 MiB (images, embeddings of
