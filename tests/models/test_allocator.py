@@ -74,6 +74,7 @@ def test_scratch_memory_is_not_faulted_in_again():
     [
         {"MALLOC_TRIM_THRESHOLD_": "1048576"},
         {"GLIBC_TUNABLES": "glibc.malloc.trim_threshold=1048576"},
+        {"LD_PRELOAD": "/nonexistent/libjemalloc.so.2"},  # not loaded (a warning), still respected
         {allocator.OPT_OUT_VARIABLE: "0"},
     ],
 )

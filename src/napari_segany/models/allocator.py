@@ -15,7 +15,8 @@ per process, when a model is loaded onto the CPU. Blocks larger than 32 MiB (ima
 a whole stack) are still mapped and returned on their own, so peak memory is unchanged; at most
 64 MiB of free memory stays with the process per heap. Nothing is done where it would override a
 choice: on other C libraries or systems, when the ``MALLOC_*_`` environment variables or
-``GLIBC_TUNABLES`` already set malloc's parameters, or when ``NAPARI_SEGANY_MALLOC_TUNING=0``.
+``GLIBC_TUNABLES`` already set malloc's parameters, when another allocator is preloaded
+(``LD_PRELOAD`` of jemalloc, tcmalloc, mimalloc), or when ``NAPARI_SEGANY_MALLOC_TUNING=0``.
 """
 
 from __future__ import annotations
@@ -53,7 +54,8 @@ def keep_scratch_memory() -> str:
     str
         ``"set"`` (now, or by an earlier call), or why nothing was changed: ``"disabled"``
         (``NAPARI_SEGANY_MALLOC_TUNING=0``), ``"user settings"`` (malloc parameters from the
-        environment), ``"not glibc"``, or ``"refused"`` (``mallopt`` returned an error).
+        environment, or a preloaded allocator), ``"not glibc"``, or ``"refused"`` (``mallopt``
+        returned an error).
     """
     global _state
     with _lock:
@@ -68,6 +70,8 @@ def _apply() -> str:
     if any(name in os.environ for name in _USER_SETTINGS) or "malloc" in os.environ.get(
         "GLIBC_TUNABLES", ""
     ):
+        return "user settings"
+    if "malloc" in os.environ.get("LD_PRELOAD", ""):  # jemalloc, tcmalloc, mimalloc: not glibc's
         return "user settings"
     if not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc":
         return "not glibc"
