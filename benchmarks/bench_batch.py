@@ -7,9 +7,12 @@ folders of 4, 8 and 16 synthetic images with a random-weight SAM written once as
 - ``serial-2t``: one process, two torch threads (``--threads 2``: what a plain run gets here);
 - ``workers-2``: ``--workers 2`` (a LocalCluster of two processes, one torch thread each);
 - ``workers-2-trim`` (with ``--malloc-trim``): the same with ``MALLOC_TRIM_THRESHOLD_=65536``
-  exported, the environment dask's nanny gave every worker before napari-segany dropped it (it
-  turns off glibc's dynamic mmap threshold, so torch's big buffers are page-faulted afresh on
-  every operator); the before/after of that change in one run.
+  exported and ``NAPARI_SEGANY_MALLOC_TUNING=0``: the environment dask's nanny gives every worker,
+  as it was before napari-segany dropped and replaced it (it turns off glibc's dynamic mmap
+  threshold, so torch's big buffers are page-faulted afresh on every operator);
+- ``workers-2-nanny`` (with ``--malloc-trim``): the nanny's value exported as it reaches the
+  workers of a cluster napari-segany did not start (``--scheduler``), where the workers replace
+  it (``napari_segany.models.allocator``); the before/after of those changes in one run.
 
 The three are run interleaved (one of each per round, rounds repeated), so a load from other jobs
 hits them alike; the ratios within a round are the numbers to trust. Printed per image count:
@@ -52,7 +55,10 @@ CONFIGS = {
     "serial-2t": ["--threads", "2"],
     "workers-2": ["--workers", "2", "--threads", "1"],
 }
-EXTRA_ENV = {"workers-2-trim": {"MALLOC_TRIM_THRESHOLD_": "65536"}}
+EXTRA_ENV = {
+    "workers-2-trim": {"MALLOC_TRIM_THRESHOLD_": "65536", "NAPARI_SEGANY_MALLOC_TUNING": "0"},
+    "workers-2-nanny": {"MALLOC_TRIM_THRESHOLD_": "65536"},
+}
 
 
 def write_random_sam(architecture_name: str, input_size: int, path: Path, seed: int = 0) -> None:
@@ -148,7 +154,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     if args.malloc_trim:
-        CONFIGS["workers-2-trim"] = CONFIGS["workers-2"]
+        CONFIGS["workers-2-trim"] = CONFIGS["workers-2-nanny"] = CONFIGS["workers-2"]
     if args.quick:
         args.counts, args.size, args.input_size = [2, 4], 256, 256
 

@@ -103,3 +103,30 @@ def test_local_workers_start_without_dask_malloc_trim_threshold(monkeypatch):
         executor.close()
     assert list(seen.values()) == [None]
     assert "MALLOC_TRIM_THRESHOLD_" not in os.environ  # nor put into this process's environment
+
+
+@pytest.mark.slow
+def test_workers_replace_dask_nannys_malloc_setting_on_any_cluster():
+    """A cluster we did not start (``--scheduler``) gives its workers dask's
+    MALLOC_TRIM_THRESHOLD_=65536; our plugin's setup sets glibc's thresholds anyway."""
+    import os
+
+    from distributed import Client, LocalCluster
+
+    from napari_segany.batch.dask_runner import PLUGIN_NAME, WorkerResourcesPlugin
+
+    cluster = LocalCluster(
+        n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None
+    )
+    try:
+        with Client(cluster) as client:
+            client.register_plugin(WorkerResourcesPlugin(None))
+            seen = client.run(
+                lambda dask_worker: (
+                    os.environ.get("MALLOC_TRIM_THRESHOLD_"),
+                    dask_worker.plugins[PLUGIN_NAME].malloc,
+                )
+            )
+    finally:
+        cluster.close()
+    assert list(seen.values()) == [("65536", "set")]

@@ -86,7 +86,7 @@ def test_the_users_malloc_settings_are_kept(env):
 def test_decided_once_per_process(monkeypatch):
     calls = []
     monkeypatch.setattr(allocator, "_state", None)
-    monkeypatch.setattr(allocator, "_apply", lambda: calls.append(1) or "not glibc")
+    monkeypatch.setattr(allocator, "_apply", lambda dask_worker: calls.append(1) or "not glibc")
     assert allocator.keep_scratch_memory() == "not glibc"
     assert allocator.keep_scratch_memory() == "not glibc"
     assert calls == [1]
@@ -104,3 +104,32 @@ def test_loading_a_model_onto_the_cpu_keeps_scratch_memory(monkeypatch):
     )
     assert torch.equal(model.weight, layer.weight)
     assert calls == [1]
+
+
+@pytest.mark.parametrize(
+    ("env", "dask_worker", "expected"),
+    [
+        ({"MALLOC_TRIM_THRESHOLD_": allocator.DASK_NANNY_TRIM_THRESHOLD}, True, "set"),
+        ({"MALLOC_TRIM_THRESHOLD_": allocator.DASK_NANNY_TRIM_THRESHOLD}, False, "user settings"),
+        ({"MALLOC_TRIM_THRESHOLD_": "1048576"}, True, "user settings"),
+        (
+            {
+                "MALLOC_TRIM_THRESHOLD_": allocator.DASK_NANNY_TRIM_THRESHOLD,
+                "MALLOC_TOP_PAD_": "0",
+            },
+            True,
+            "user settings",
+        ),
+    ],
+)
+@glibc_only
+def test_dask_nannys_trim_threshold_is_replaced_in_a_worker(
+    monkeypatch, env, dask_worker, expected
+):
+    for name in (*allocator._USER_SETTINGS, "GLIBC_TUNABLES", "LD_PRELOAD"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.delenv(allocator.OPT_OUT_VARIABLE, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(allocator, "_state", None)
+    assert allocator.keep_scratch_memory(dask_worker=dask_worker) == expected

@@ -19,6 +19,7 @@ import dask.config
 from distributed import Client, LocalCluster, WorkerPlugin, as_completed, get_worker
 
 from napari_segany.batch.worker_resources import WorkerResources
+from napari_segany.models.allocator import keep_scratch_memory
 
 __all__ = ["PLUGIN_NAME", "DaskExecutor", "WorkerResourcesPlugin", "run_with_worker_resources"]
 
@@ -30,7 +31,9 @@ PLUGIN_NAME = "napari-segany-resources"
 # unmapped again on every operator: measured here, SAM automatic segmentation ran 1.8-2.2x slower
 # per image in such a process (3.7x the page faults, 3x the system time), which cancelled the
 # gain of two workers on two cores. Our local cluster's workers start without it (a value the
-# user exports is still passed on).
+# user exports is still passed on), and every worker, on any cluster, sets glibc's thresholds
+# when our plugin is set up (napari_segany.models.allocator): dask's value is replaced there, a
+# user's other value kept.
 _LOCAL_WORKER_ENVIRON = {"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": None}
 
 
@@ -48,8 +51,12 @@ class WorkerResourcesPlugin(WorkerPlugin):
     def __init__(self, torch_threads: int | None = 1) -> None:
         self.torch_threads = torch_threads
         self.resources: WorkerResources | None = None
+        self.malloc: str | None = None  # what keep_scratch_memory() did in this worker
 
     def setup(self, worker: Any) -> None:
+        # Before any model loads: on a cluster we did not start (``--scheduler``) the nanny's
+        # MALLOC_TRIM_THRESHOLD_ is still there, and is replaced.
+        self.malloc = keep_scratch_memory(dask_worker=True)
         self.resources = WorkerResources()
         if self.torch_threads is not None:
             import torch

@@ -32,6 +32,8 @@ MMAP_THRESHOLD = 32 * 1024 * 1024
 TRIM_THRESHOLD = 2 * MMAP_THRESHOLD
 """What glibc sets along with that threshold."""
 OPT_OUT_VARIABLE = "NAPARI_SEGANY_MALLOC_TUNING"
+DASK_NANNY_TRIM_THRESHOLD = "65536"
+"""The ``MALLOC_TRIM_THRESHOLD_`` that dask's nanny gives every worker process by default."""
 
 _M_TRIM_THRESHOLD = -1  # <malloc.h>
 _M_MMAP_THRESHOLD = -3
@@ -46,8 +48,17 @@ _lock = threading.Lock()
 _state: str | None = None
 
 
-def keep_scratch_memory() -> str:
+def keep_scratch_memory(*, dask_worker: bool = False) -> str:
     """Set glibc's mmap and trim thresholds once per process; say what was done.
+
+    Parameters
+    ----------
+    dask_worker
+        This process is a dask worker: ``MALLOC_TRIM_THRESHOLD_=65536`` alone is then dask's
+        nanny's default (``distributed.nanny.pre-spawn-environ``), not the user's choice, and is
+        replaced. It turns off glibc's own adjustment, so without this every large buffer of
+        every operator would be mapped and faulted in afresh (SAM ran about twice as slowly per
+        image in such a worker; see :mod:`napari_segany.batch.dask_runner`).
 
     Returns
     -------
@@ -60,16 +71,17 @@ def keep_scratch_memory() -> str:
     global _state
     with _lock:
         if _state is None:
-            _state = _apply()
+            _state = _apply(dask_worker)
         return _state
 
 
-def _apply() -> str:
+def _apply(dask_worker: bool = False) -> str:
     if os.environ.get(OPT_OUT_VARIABLE, "").strip().lower() in ("0", "false", "no", "off"):
         return "disabled"
-    if any(name in os.environ for name in _USER_SETTINGS) or "malloc" in os.environ.get(
-        "GLIBC_TUNABLES", ""
-    ):
+    settings = {name: os.environ[name] for name in _USER_SETTINGS if name in os.environ}
+    if dask_worker and settings == {"MALLOC_TRIM_THRESHOLD_": DASK_NANNY_TRIM_THRESHOLD}:
+        settings = {}
+    if settings or "malloc" in os.environ.get("GLIBC_TUNABLES", ""):
         return "user settings"
     if "malloc" in os.environ.get("LD_PRELOAD", ""):  # jemalloc, tcmalloc, mimalloc: not glibc's
         return "user settings"
