@@ -111,13 +111,16 @@ def test_workers_replace_dask_nannys_malloc_setting_on_any_cluster():
     MALLOC_TRIM_THRESHOLD_=65536; our plugin's setup sets glibc's thresholds anyway."""
     import os
 
+    import dask.config
     from distributed import Client, LocalCluster
 
     from napari_segany.batch.dask_runner import PLUGIN_NAME, WorkerResourcesPlugin
 
-    cluster = LocalCluster(
-        n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None
-    )
+    nanny_default = {"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": 65536}
+    with dask.config.set(nanny_default):  # dask's default, given here in case it changes
+        cluster = LocalCluster(
+            n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None
+        )
     try:
         with Client(cluster) as client:
             client.register_plugin(WorkerResourcesPlugin(None))
