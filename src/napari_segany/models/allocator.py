@@ -75,15 +75,16 @@ def keep_scratch_memory(*, dask_worker: bool = False) -> str:
         return _state
 
 
-def _apply(dask_worker: bool = False) -> str:
+def _apply(dask_worker: bool) -> str:
     if os.environ.get(OPT_OUT_VARIABLE, "").strip().lower() in ("0", "false", "no", "off"):
         return "disabled"
     settings = {name: os.environ[name] for name in _USER_SETTINGS if name in os.environ}
     if dask_worker and settings == {"MALLOC_TRIM_THRESHOLD_": DASK_NANNY_TRIM_THRESHOLD}:
         settings = {}
-    if settings or "malloc" in os.environ.get("GLIBC_TUNABLES", ""):
-        return "user settings"
-    if "malloc" in os.environ.get("LD_PRELOAD", ""):  # jemalloc, tcmalloc, mimalloc: not glibc's
+    # GLIBC_TUNABLES' glibc.malloc.*, or another allocator (jemalloc, tcmalloc, mimalloc) preloaded
+    if settings or any(
+        "malloc" in os.environ.get(name, "") for name in ("GLIBC_TUNABLES", "LD_PRELOAD")
+    ):
         return "user settings"
     if not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc":
         return "not glibc"
