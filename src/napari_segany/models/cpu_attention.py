@@ -44,7 +44,8 @@ import math
 import torch
 
 # Above this many key tokens (global attention), the work is done one head and at most
-# CPU_QUERY_ROWS queries at a time, so the logits stay in cache; below it (windows) in groups of
+# CPU_QUERY_ROWS queries (CPU_PER_KEY_ROW_CHUNK_BYTES of logits for the per-key-row path) at a
+# time, so the logits stay in cache; below it (windows) in groups of
 # about CPU_WINDOW_GROUP_LOGITS logits: a whole SAM image's windows at once (SlimSAM, 12 heads:
 # 11.5 M, ViT-H, 16 heads: 15.4 M; smaller groups were slower: 10 ms vs 6.6 ms for SlimSAM's).
 CPU_CHUNKED_MIN_TOKENS = 1024
@@ -58,6 +59,11 @@ CPU_BROADCAST_MIN_WIDTH = 48
 # the per-row queries would approach the size of the logits (measured per global layer, bf16,
 # 2 threads: d = 64 130 ms vs 167 ms, d = 32 87 ms vs 91 ms; d = 14 the other way, 63 vs 77 ms).
 CPU_PER_KEY_ROW_MAX_DIM = 16
+# Size of one chunk's (key rows, queries, key columns) logits in the per-key-row path: 1024
+# queries of a 64 x 64 grid in bf16, 512 in float32. SlimSAM-77's embedding, interleaved in one
+# process, 2 threads: bf16 381 ms against 392 ms with 4 MB chunks (another run 415 against 433;
+# 16 MB: 417); float32 1114 ms against 1181 ms with 16 MB chunks.
+CPU_PER_KEY_ROW_CHUNK_BYTES = 8 << 20
 # Rows whose sum of weights is not within 2 ** +-MAX_ROW_EXPONENT are recomputed with a softmax.
 # Below: the largest weight was under 2 ** -100, and weights much smaller than that would not be
 # normal floats. Above: close to overflowing the float range.
@@ -68,6 +74,7 @@ __all__ = [
     "CPU_BROADCAST_MIN_WIDTH",
     "CPU_CHUNKED_MIN_TOKENS",
     "CPU_PER_KEY_ROW_MAX_DIM",
+    "CPU_PER_KEY_ROW_CHUNK_BYTES",
     "CPU_QUERY_ROWS",
     "grid_indicator",
     "rel_pos_attention_cpu",
@@ -193,7 +200,7 @@ def _per_key_row(q, k, values, rel_h, rel_w, grid, out, row_sums) -> None:
     bh, queries, dim = q.shape
     # Heads interleaved in memory (views of one qkv projection) make every chunk's copies strided.
     q, k = q.contiguous(), k.contiguous()
-    chunk = min(CPU_QUERY_ROWS, queries)
+    chunk = min(queries, max(1, CPU_PER_KEY_ROW_CHUNK_BYTES // (k.shape[1] * q.element_size())))
     q_ext = q.new_empty(height, chunk, dim + 1)
     keys = k.new_ones(height, dim + 1, width)
     weights = q.new_empty(height, chunk, width)
