@@ -83,19 +83,23 @@ def test_reduced_precision_is_as_close_as_a_softmax_in_that_precision(grid, dtyp
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_per_key_row_chunks_of_any_size_give_the_same_result(monkeypatch, dtype):
-    """The per-key-row path works through the queries in chunks of a fixed byte size (1024
+@pytest.mark.parametrize(
+    ("grid", "dim"),
+    [(GRIDS[1], 8), (GRIDS[2], 8), (GRIDS[2], 32)],
+    ids=["folded", "per-key-row", "broadcast"],
+)
+def test_chunks_of_any_size_give_the_same_result(monkeypatch, dtype, grid, dim):
+    """Global attention works through the queries in chunks of a fixed size of logits (1024
     queries of SAM's 64 x 64 grid in bf16): chunks that leave a shorter last one give the same
-    rows as a single chunk, and the softmax's result."""
-    grid = GRIDS[2]  # 1088 queries: one chunk at the package's size
-    q, k, v, rel_pos_h, rel_pos_w = _inputs(grid, seed=4)
+    rows as a single chunk, and the softmax's result, on each of the three chunked paths."""
+    q, k, v, rel_pos_h, rel_pos_w = _inputs(grid, dim=dim, seed=4)
     rel_h, rel_w = decomposed_rel_pos_terms(q, rel_pos_h, rel_pos_w, grid, grid)
     expected = _softmax_attention(q, k, v, rel_h, rel_w)
     args = [t.to(dtype) for t in (q, k, v, rel_h, rel_w)]
-    whole = rel_pos_attention_cpu(*args, grid)
     tokens = grid[0] * grid[1]
-    assert cpu_attention.CPU_PER_KEY_ROW_CHUNK_BYTES // (tokens * whole.element_size()) >= tokens
-    monkeypatch.setattr(cpu_attention, "CPU_PER_KEY_ROW_CHUNK_BYTES", 100 * tokens * 4)
+    assert cpu_attention.CPU_CHUNK_BYTES // (tokens * dtype.itemsize) >= tokens  # one chunk
+    whole = rel_pos_attention_cpu(*args, grid)
+    monkeypatch.setattr(cpu_attention, "CPU_CHUNK_BYTES", 100 * tokens * 4)
     chunked = rel_pos_attention_cpu(*args, grid)  # chunks of 100 (fp32) or 200 (bf16) queries
     torch.testing.assert_close(chunked, whole, atol=1e-6, rtol=0)
     if dtype == torch.float32:

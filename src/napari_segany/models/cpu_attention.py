@@ -43,13 +43,11 @@ import math
 
 import torch
 
-# Above this many key tokens (global attention), the work is done one head and at most
-# CPU_QUERY_ROWS queries (CPU_PER_KEY_ROW_CHUNK_BYTES of logits for the per-key-row path) at a
-# time, so the logits stay in cache; below it (windows) in groups of
+# Above this many key tokens (global attention), the work is done one head and one chunk of
+# queries at a time, CPU_CHUNK_BYTES of logits (see below); below it (windows) in groups of
 # about CPU_WINDOW_GROUP_LOGITS logits: a whole SAM image's windows at once (SlimSAM, 12 heads:
 # 11.5 M, ViT-H, 16 heads: 15.4 M; smaller groups were slower: 10 ms vs 6.6 ms for SlimSAM's).
 CPU_CHUNKED_MIN_TOKENS = 1024
-CPU_QUERY_ROWS = 512
 CPU_WINDOW_GROUP_LOGITS = 1 << 25
 # Key grids narrower than this get the bias folded into the product even when chunked: a
 # product per key row is inefficient for short rows (SegGPT's 56 x 28 grid).
@@ -59,11 +57,12 @@ CPU_BROADCAST_MIN_WIDTH = 48
 # the per-row queries would approach the size of the logits (measured per global layer, bf16,
 # 2 threads: d = 64 130 ms vs 167 ms, d = 32 87 ms vs 91 ms; d = 14 the other way, 63 vs 77 ms).
 CPU_PER_KEY_ROW_MAX_DIM = 16
-# Size of one chunk's (key rows, queries, key columns) logits in the per-key-row path: 1024
-# queries of a 64 x 64 grid in bf16, 512 in float32. SlimSAM-77's embedding, interleaved in one
-# process, 2 threads: bf16 381 ms against 392 ms with 4 MB chunks (another run 415 against 433;
-# 16 MB: 417); float32 1114 ms against 1181 ms with 16 MB chunks.
-CPU_PER_KEY_ROW_CHUNK_BYTES = 8 << 20
+# Size of one chunk's logits: 1024 queries of SAM's 64 x 64 grid in bf16, 512 in float32; a
+# whole head of SegGPT's 56 x 28 grid in either. Interleaved in one process, 2 threads, against
+# 512 queries (4 MB in bf16): SlimSAM-77's embedding bf16 381 against 392 ms (another run 415
+# against 433; 16 MB: 417), float32 1114 against 1181 ms with 16 MB; SegGPT per target bf16
+# 1894 against 1952 ms, float32 7217 against 7242 ms; ViT-B 1439 against 1450 ms.
+CPU_CHUNK_BYTES = 8 << 20
 # Rows whose sum of weights is not within 2 ** +-MAX_ROW_EXPONENT are recomputed with a softmax.
 # Below: the largest weight was under 2 ** -100, and weights much smaller than that would not be
 # normal floats. Above: close to overflowing the float range.
@@ -74,8 +73,7 @@ __all__ = [
     "CPU_BROADCAST_MIN_WIDTH",
     "CPU_CHUNKED_MIN_TOKENS",
     "CPU_PER_KEY_ROW_MAX_DIM",
-    "CPU_PER_KEY_ROW_CHUNK_BYTES",
-    "CPU_QUERY_ROWS",
+    "CPU_CHUNK_BYTES",
     "grid_indicator",
     "rel_pos_attention_cpu",
 ]
@@ -162,6 +160,12 @@ def _normalise(
     row_sums.copy_(sums[..., 0])
 
 
+def _chunk_rows(queries: int, *, tokens: int, dtype: torch.dtype) -> int:
+    """Queries per chunk: about :data:`CPU_CHUNK_BYTES` of (queries, tokens) logits."""
+    per_query = tokens * dtype.itemsize
+    return min(queries, max(1, CPU_CHUNK_BYTES // per_query))
+
+
 def _folded(q, k, values, rel_h, rel_w, grid, out, row_sums) -> None:
     """The bias folded into the product: queries ``[q, rel_h, rel_w]``, keys
     ``[k, one-hot row, one-hot column]``. Fills ``out`` (BH, M, d) and ``row_sums`` (BH, M)."""
@@ -182,7 +186,7 @@ def _folded(q, k, values, rel_h, rel_w, grid, out, row_sums) -> None:
             weights = torch.bmm(q_ext[part], k_ext[part]).exp2_()
             _normalise(weights @ values[part], weights, out[part], row_sums[part])
         return
-    chunk = min(CPU_QUERY_ROWS, queries)
+    chunk = _chunk_rows(queries, tokens=tokens, dtype=q.dtype)
     buffer = q.new_empty(chunk, tokens)
     for head in range(bh):
         for start in range(0, queries, chunk):
@@ -200,7 +204,7 @@ def _per_key_row(q, k, values, rel_h, rel_w, grid, out, row_sums) -> None:
     bh, queries, dim = q.shape
     # Heads interleaved in memory (views of one qkv projection) make every chunk's copies strided.
     q, k = q.contiguous(), k.contiguous()
-    chunk = min(queries, max(1, CPU_PER_KEY_ROW_CHUNK_BYTES // (k.shape[1] * q.element_size())))
+    chunk = _chunk_rows(queries, tokens=k.shape[1], dtype=q.dtype)
     q_ext = q.new_empty(height, chunk, dim + 1)
     keys = k.new_ones(height, dim + 1, width)
     weights = q.new_empty(height, chunk, width)
@@ -229,7 +233,7 @@ def _broadcast_bias(q, k, values, rel_h, rel_w, grid, out, row_sums) -> None:
     bh, queries, dim = q.shape
     tokens = k.shape[1]
     q, k = q.contiguous(), k.contiguous()  # heads interleaved in memory: strided chunks
-    chunk = min(CPU_QUERY_ROWS, queries)
+    chunk = _chunk_rows(queries, tokens=tokens, dtype=q.dtype)
     buffer = q.new_empty(chunk, tokens)
     keys_t = k.transpose(1, 2)
     for head in range(bh):

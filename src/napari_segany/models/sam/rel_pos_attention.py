@@ -19,8 +19,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..cpu_attention import (
+    CPU_CHUNK_BYTES,
     CPU_CHUNKED_MIN_TOKENS,
-    CPU_QUERY_ROWS,
     LOG2E,
     grid_indicator,
     rel_pos_attention_cpu,
@@ -29,8 +29,8 @@ from ..fused_linear import linear_then_bias, residual_plus_linear
 from ..relative_position import decomposed_rel_pos_terms
 
 __all__ = [
+    "CPU_CHUNK_BYTES",
     "CPU_CHUNKED_MIN_TOKENS",
-    "CPU_QUERY_ROWS",
     "RelPosAttention",
     "grid_indicator",
     "rel_pos_attention_cpu",
