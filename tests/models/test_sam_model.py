@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from napari_segany.models.sam.image_encoder import EncoderBlock
+from napari_segany.models.sam.image_encoder import EncoderBlock, PatchEmbedding
 from napari_segany.sam import load_sam
 from tests.fixtures_sam import TINY_IMAGE_SIZE, TINY_LOW_RES
 
@@ -166,6 +166,24 @@ def test_encoder_block_matches_official_block(grid, window):
     x = torch.randn(2, *grid, 16, generator=torch.Generator().manual_seed(4))
     with torch.no_grad():
         torch.testing.assert_close(ours(x), official(x), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("size", [(64, 48), (70, 53)], ids=["whole patches", "remainder"])
+def test_patch_embedding_equals_the_convolution(size):
+    """On the CPU the patches go through one product instead of the strided convolution
+    (``fused_linear.patch_embedding``, also SegGPT's): the same tokens and gradients (sizes that
+    leave a remainder use the convolution itself)."""
+    torch.manual_seed(0)
+    embed = PatchEmbedding(16, 3, 24).double()
+    pixels = torch.randn(2, 3, *size, dtype=torch.float64, requires_grad=True)
+    tokens = embed(pixels)
+    expected = embed.proj(pixels).permute(0, 2, 3, 1)
+    assert tokens.shape == (2, size[0] // 16, size[1] // 16, 24)
+    torch.testing.assert_close(tokens, expected, atol=1e-12, rtol=1e-12)
+    grads = torch.autograd.grad(tokens.square().sum(), [pixels, embed.proj.weight])
+    expected_grads = torch.autograd.grad(expected.square().sum(), [pixels, embed.proj.weight])
+    for got, want in zip(grads, expected_grads, strict=True):
+        torch.testing.assert_close(got, want, atol=1e-10, rtol=1e-10)
 
 
 @pytest.mark.parametrize("grid", [(33, 33), (32, 40), (5, 7), (17, 64)])

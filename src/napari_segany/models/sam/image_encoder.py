@@ -11,6 +11,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from ..fused_linear import patch_embedding
 from .layers import FeedForward, LayerNorm2d
 from .rel_pos_attention import RelPosAttention
 
@@ -24,7 +25,7 @@ class PatchEmbedding(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C_in, H, W) -> (B, H / p, W / p, embed_dim), channels last."""
-        return self.proj(x).permute(0, 2, 3, 1)
+        return patch_embedding(self.proj, x)
 
 
 class EncoderBlock(nn.Module):

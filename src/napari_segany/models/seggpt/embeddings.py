@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..fused_linear import patch_embedding
 from .config import SegGptArchitecture
 
 EMBEDDING_TYPES = ("instance", "semantic")
@@ -30,7 +31,7 @@ class SegGptPatchEmbeddings(nn.Module):
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) normalised pixels -> (B, H / patch, W / patch, C) patch embeddings."""
-        return self.projection(pixels).permute(0, 2, 3, 1)
+        return patch_embedding(self.projection, pixels)
 
 
 class SegGptEmbeddings(nn.Module):
