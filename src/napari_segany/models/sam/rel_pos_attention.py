@@ -19,7 +19,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..cpu_attention import (
-    CPU_CHUNK_BYTES,
     CPU_CHUNKED_MIN_TOKENS,
     LOG2E,
     grid_indicator,
@@ -29,7 +28,6 @@ from ..fused_linear import linear_then_bias, residual_plus_linear
 from ..relative_position import decomposed_rel_pos_terms
 
 __all__ = [
-    "CPU_CHUNK_BYTES",
     "CPU_CHUNKED_MIN_TOKENS",
     "RelPosAttention",
     "grid_indicator",
