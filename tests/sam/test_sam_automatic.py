@@ -203,6 +203,49 @@ def test_same_masks_as_official_on_the_same_weights(official, official_tiny_sam,
         assert a["point_coords"] == b["point_coords"]
 
 
+def test_masks_are_made_only_for_the_candidates_nms_keeps(tiny_sam_model, monkeypatch):
+    """Candidates wait for non-maximum suppression as low-resolution logits (a few hundred KB
+    each, whatever the image size); only the kept ones get a mask, the same mask as made at
+    once."""
+    from napari_segany.sam import point_decoding
+
+    cropped = []
+    crop_to_boxes = point_decoding.crop_to_boxes
+
+    def counting_crop(masks, boxes):
+        cropped.append(len(masks))
+        return crop_to_boxes(masks, boxes)
+
+    monkeypatch.setattr(point_decoding, "crop_to_boxes", counting_crop)
+    image = _image((128, 128), seed=1)
+    options = {
+        "points_per_side": 16,
+        "pred_iou_thresh": 0.0,
+        "stability_score_thresh": 0.0,
+        "box_nms_thresh": 0.95,
+    }
+    deferred = SamAutomaticMaskGenerator(tiny_sam_model, **options).generate(image)
+    made_deferred = sum(cropped)
+
+    cropped.clear()
+    decode_points = point_decoding.PointPromptDecoder.decode_points
+
+    def at_once(self, *args, **kwargs):
+        return decode_points(self, *args, **{**kwargs, "defer_masks": False})
+
+    monkeypatch.setattr(point_decoding.PointPromptDecoder, "decode_points", at_once)
+    immediate = SamAutomaticMaskGenerator(tiny_sam_model, **options).generate(image)
+    made_immediate = sum(cropped)
+
+    assert len(deferred) >= 3
+    assert made_deferred == len(deferred)  # one mask per kept candidate
+    assert made_immediate > 2 * made_deferred  # every candidate, before suppression
+    assert len(immediate) == len(deferred)
+    for a, b in zip(deferred, immediate, strict=True):
+        assert np.array_equal(a["segmentation"], b["segmentation"])
+        assert {k: a[k] for k in RECORD_KEYS} == {k: b[k] for k in RECORD_KEYS}
+
+
 # -- segment_everything ---------------------------------------------------------------------------
 def drain(generator):
     steps = []

@@ -302,6 +302,7 @@ class SamAutomaticMaskGenerator:
                     stability_score_thresh=self.stability_score_thresh,
                     stability_score_offset=self.stability_score_offset,
                     chunk_bytes=self.upscale_chunk_bytes,
+                    defer_masks=covered is None,  # the coverage needs the masks at once
                 )
                 parts.append(found)
                 if covered is not None:
@@ -315,6 +316,7 @@ class SamAutomaticMaskGenerator:
                 candidates.boxes.float(), candidates.predicted_iou, self.box_nms_thresh
             )
             candidates = candidates.select(keep)
+        candidates = self.decoder.make_masks(candidates, self.upscale_chunk_bytes)
         if x0 or y0:
             candidates = candidates.shifted(x0, y0)
         candidates.crop_boxes = torch.as_tensor(

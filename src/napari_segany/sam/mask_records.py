@@ -30,6 +30,12 @@ class MaskCandidates:
         (N, 2) float64 (x, y) point prompt that produced each mask.
     crop_boxes
         (N, 4) int64 ``[x0, y0, x1, y1]`` (exclusive ends) of the crop or tile each mask came from.
+    low_res
+        (N, L, L) low-resolution logits of masks not made yet, or None. While it is set,
+        ``crops`` is empty: segment everything keeps 128-256 KB a candidate until non-maximum
+        suppression has chosen the few whose masks are made
+        (:meth:`~napari_segany.sam.point_decoding.PointPromptDecoder.make_masks`), instead of a
+        crop that can be as large as the image for every candidate.
     """
 
     boxes: torch.Tensor = field(default_factory=lambda: torch.zeros(0, 4, dtype=torch.long))
@@ -38,9 +44,10 @@ class MaskCandidates:
     stability_score: torch.Tensor = field(default_factory=lambda: torch.zeros(0))
     points: torch.Tensor = field(default_factory=lambda: torch.zeros(0, 2, dtype=torch.float64))
     crop_boxes: torch.Tensor = field(default_factory=lambda: torch.zeros(0, 4, dtype=torch.long))
+    low_res: torch.Tensor | None = None
 
     def __len__(self) -> int:
-        return len(self.crops)
+        return len(self.crops) if self.low_res is None else len(self.low_res)
 
     @property
     def areas(self) -> torch.Tensor:
@@ -54,11 +61,12 @@ class MaskCandidates:
         indices = indices.cpu()
         return MaskCandidates(
             boxes=self.boxes[indices],
-            crops=[self.crops[i] for i in indices.tolist()],
+            crops=[self.crops[i] for i in indices.tolist()] if self.low_res is None else [],
             predicted_iou=self.predicted_iou[indices],
             stability_score=self.stability_score[indices],
             points=self.points[indices],
             crop_boxes=self.crop_boxes[indices],
+            low_res=None if self.low_res is None else self.low_res[indices],
         )
 
     def shifted(self, dx: int, dy: int) -> MaskCandidates:
@@ -71,6 +79,7 @@ class MaskCandidates:
             stability_score=self.stability_score,
             points=self.points + torch.as_tensor([dx, dy], dtype=torch.float64),
             crop_boxes=self.crop_boxes + offset,
+            low_res=self.low_res,
         )
 
     @staticmethod
@@ -79,6 +88,9 @@ class MaskCandidates:
         parts = [p for p in parts if len(p)]
         if not parts:
             return MaskCandidates()
+        pending = {p.low_res is not None for p in parts}
+        if len(pending) > 1:
+            raise ValueError("cannot concatenate candidates with masks and candidates without")
         return MaskCandidates(
             boxes=torch.cat([p.boxes for p in parts]),
             crops=[c for p in parts for c in p.crops],
@@ -86,6 +98,7 @@ class MaskCandidates:
             stability_score=torch.cat([p.stability_score for p in parts]),
             points=torch.cat([p.points for p in parts]),
             crop_boxes=torch.cat([p.crop_boxes for p in parts]),
+            low_res=torch.cat([p.low_res for p in parts]) if pending == {True} else None,
         )
 
     def full_mask(self, index: int, shape: tuple[int, int]) -> np.ndarray:

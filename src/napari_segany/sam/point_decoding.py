@@ -7,6 +7,7 @@ full resolution, and it upscales them in chunks of bounded memory.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -70,6 +71,7 @@ class PointPromptDecoder:
         stability_score_thresh: float,
         stability_score_offset: float,
         chunk_bytes: int,
+        defer_masks: bool = False,
     ) -> MaskCandidates:
         """Masks of the three multimask outputs of each point, filtered as the reference does.
 
@@ -83,6 +85,11 @@ class PointPromptDecoder:
             (N, 2) float64 (x, y) in pixels of the current (cropped) image.
         crop_box, image_box
             ``[x0, y0, x1, y1]`` of the crop within the image, and of the image.
+        defer_masks
+            Keep each candidate's low-resolution logits instead of its mask
+            (``MaskCandidates.low_res``); :meth:`make_masks` makes the masks of those chosen
+            later. Only with a predictor that gives low-resolution logits (otherwise the masks
+            are made at once).
 
         Returns
         -------
@@ -105,10 +112,9 @@ class PointPromptDecoder:
         source = full_res if full_res is not None else low_res
         source = source.flatten(0, 1)
 
-        mask_threshold = float(getattr(predictor.model, "mask_threshold", 0.0))
-        height, width = original_size
-        per_mask = 4 * (height * width + _model_image_size(predictor) ** 2)
-        chunk = max(1, chunk_bytes // per_mask)
+        mask_threshold = _mask_threshold(predictor)
+        chunk = self._masks_per_chunk(chunk_bytes)
+        defer = defer_masks and full_res is None
         parts = []
         for start in range(0, len(indices), chunk):
             chosen = indices[start : start + chunk]
@@ -123,19 +129,49 @@ class PointPromptDecoder:
             del logits
             boxes = masks_to_boxes(masks)
             inside = ~boxes_near_crop_edge(boxes, crop_box, image_box)
-            boxes, masks = boxes[inside].cpu(), masks[inside].cpu()  # one transfer per chunk
+            boxes = boxes[inside].cpu()
             chosen = chosen[passed.to(chosen.device)][inside.to(chosen.device)].cpu()
+            if defer:
+                crops, pending = [], source[chosen.to(source.device)].cpu()
+            else:  # one transfer per chunk
+                crops, pending = crop_to_boxes(masks[inside].cpu(), boxes), None
             parts.append(
                 MaskCandidates(
                     boxes=boxes,
-                    crops=crop_to_boxes(masks, boxes),
+                    crops=crops,
                     predicted_iou=iou[chosen.to(iou.device)].cpu(),
                     stability_score=stability[passed][inside].cpu(),
                     points=all_points[chosen],
                     crop_boxes=torch.zeros(len(boxes), 4, dtype=torch.long),
+                    low_res=pending,
                 )
             )
         return MaskCandidates.concatenate(parts)
+
+    @torch.no_grad()
+    def make_masks(self, candidates: MaskCandidates, chunk_bytes: int) -> MaskCandidates:
+        """The masks of candidates that :meth:`decode_points` returned with ``defer_masks``,
+        cropped to their boxes: the same masks it makes otherwise (the same logits upscaled
+        the same way). Call it while the predictor still holds the image of those points."""
+        if candidates.low_res is None:
+            return candidates
+        predictor = self.predictor
+        device = getattr(predictor, "device", None) or predictor.model.device
+        original_size = tuple(predictor.original_size)
+        mask_threshold = _mask_threshold(predictor)
+        chunk = self._masks_per_chunk(chunk_bytes)
+        crops = []
+        for start in range(0, len(candidates), chunk):
+            logits = candidates.low_res[start : start + chunk].to(device).float()
+            masks = self._upscale(logits, original_size) > mask_threshold
+            crops += crop_to_boxes(masks.cpu(), candidates.boxes[start : start + chunk])
+        return replace(candidates, crops=crops, low_res=None)
+
+    def _masks_per_chunk(self, chunk_bytes: int) -> int:
+        """Candidates upscaled at once: float32 logits at the model input and image sizes."""
+        height, width = self.predictor.original_size
+        per_mask = 4 * (height * width + _model_image_size(self.predictor) ** 2)
+        return max(1, chunk_bytes // per_mask)
 
     def _to_input_frame(self, points: np.ndarray, original_size: tuple[int, int]) -> torch.Tensor:
         predictor = self.predictor
@@ -168,6 +204,10 @@ class PointPromptDecoder:
         """(K, L, L) low-res logits -> (K, H, W) logits at the original size, exactly as the
         predictor upscales them (``SamPredictor.postprocess_masks``)."""
         return self.predictor.postprocess_masks(low_res[:, None])[:, 0]
+
+
+def _mask_threshold(predictor: Any) -> float:
+    return float(getattr(predictor.model, "mask_threshold", 0.0))
 
 
 def _model_image_size(predictor: Any) -> int:
