@@ -219,8 +219,9 @@ class Sam(nn.Module):
         (``"reduce-overhead"``) on a GPU, where the small decoder's time is mostly kernel launches;
         on the CPU inductor's default mode with *freezing* (weights packed for oneDNN once, the
         norms, GELUs and softmaxes fused into few loops). ViT-B, 2 cores, bf16: click -> shown
-        mask 9.1 -> 8.0 ms (``benchmarks/bench_sam.py --compile-decoder``), segment everything
-        on a 1024² image 1.3-1.5x faster (``bench_automatic.py --compile-decoder``). Any other
+        mask 9.1 -> 8.0 ms (``benchmarks/bench_sam.py --compile-decoder``); segment everything
+        on a 1024² image 1.02-1.05x faster (``bench_automatic.py --compile-decoder``; 1.3-1.5x
+        before the eager decoder took a large batch of prompts a few at a time). Any other
         ``mode`` is passed to ``torch.compile`` as it is.
 
         Each prompt shape (number of points, box or not, multimask or not, batch size) compiles
