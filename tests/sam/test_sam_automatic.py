@@ -203,21 +203,31 @@ def test_same_masks_as_official_on_the_same_weights(official, official_tiny_sam,
         assert a["point_coords"] == b["point_coords"]
 
 
-def test_masks_are_made_only_for_the_candidates_nms_keeps(tiny_sam_model, monkeypatch):
+@pytest.mark.parametrize("shape", [(128, 128), (300, 200), (90, 70)])
+def test_masks_are_made_only_for_the_candidates_nms_keeps(tiny_sam_model, monkeypatch, shape):
     """Candidates wait for non-maximum suppression as low-resolution logits (a few hundred KB
-    each, whatever the image size); only the kept ones get a mask, the same mask as made at
-    once."""
+    each, whatever the image size), scored from their full-size logits inside the window where
+    they can pass the lowest threshold; only the kept ones get a mask. The same masks, scores
+    and boxes as making every mask at once, for an image the size of the model input, larger
+    and smaller."""
     from napari_segany.sam import point_decoding
+    from napari_segany.sam.predictor import SamPredictor
 
-    cropped = []
+    cropped = []  # full-resolution masks made: cut from whole masks, or one upscaled window each
     crop_to_boxes = point_decoding.crop_to_boxes
+    upscale_mask = SamPredictor.upscale_mask
 
     def counting_crop(masks, boxes):
         cropped.append(len(masks))
         return crop_to_boxes(masks, boxes)
 
+    def counting_upscale(self, *args, **kwargs):
+        cropped.append(1)
+        return upscale_mask(self, *args, **kwargs)
+
     monkeypatch.setattr(point_decoding, "crop_to_boxes", counting_crop)
-    image = _image((128, 128), seed=1)
+    monkeypatch.setattr(SamPredictor, "upscale_mask", counting_upscale)
+    image = _image(shape, seed=1)
     options = {
         "points_per_side": 16,
         "pred_iou_thresh": 0.0,

@@ -15,6 +15,11 @@ import torch
 
 from napari_segany.sam.box_nms import boxes_near_crop_edge, masks_to_boxes
 from napari_segany.sam.mask_records import MaskCandidates, crop_to_boxes, stability_score
+from napari_segany.sam.mask_upscaling import (
+    BAND_ELEMENTS,
+    foreground_window,
+    resize_bilinear_window,
+)
 
 
 class PointPromptDecoder:
@@ -115,6 +120,27 @@ class PointPromptDecoder:
         mask_threshold = _mask_threshold(predictor)
         chunk = self._masks_per_chunk(chunk_bytes)
         defer = defer_masks and full_res is None
+        if defer and hasattr(predictor, "_frame_block"):  # this package's predictor
+            scores = [
+                self._window_scores(source[i], mask_threshold, stability_score_offset)
+                for i in indices.tolist()
+            ]
+            stability = torch.stack([s for s, _ in scores]) if scores else torch.zeros(0)
+            boxes = torch.stack([b for _, b in scores]) if scores else torch.zeros(0, 4)
+            passed = torch.ones_like(stability, dtype=torch.bool)
+            if stability_score_thresh > 0.0:
+                passed = stability >= stability_score_thresh
+            boxes = boxes[passed].long()
+            inside = ~boxes_near_crop_edge(boxes, crop_box, image_box)
+            chosen = indices.cpu()[passed][inside]
+            return MaskCandidates(
+                boxes=boxes[inside],
+                predicted_iou=iou[chosen.to(iou.device)].cpu(),
+                stability_score=stability[passed][inside],
+                points=all_points[chosen],
+                crop_boxes=torch.zeros(len(chosen), 4, dtype=torch.long),
+                low_res=source[chosen.to(source.device)].cpu(),
+            )
         parts = []
         for start in range(0, len(indices), chunk):
             chosen = indices[start : start + chunk]
@@ -156,6 +182,17 @@ class PointPromptDecoder:
         if candidates.low_res is None:
             return candidates
         predictor = self.predictor
+        if hasattr(predictor, "_frame_block"):  # this package's predictor: each box's window
+            crops = []
+            for low_res, box in zip(candidates.low_res, candidates.boxes.tolist(), strict=True):
+                x0, y0, x1, y1 = box
+                window, (row0, col0) = predictor.upscale_mask(low_res.float().numpy(), crop=True)
+                crop = torch.zeros(y1 - y0 + 1, x1 - x0 + 1, dtype=torch.bool)
+                if window.size:  # else an empty mask: masks_to_boxes gave it the box of (0, 0)
+                    part = window[y0 - row0 : y1 + 1 - row0, x0 - col0 : x1 + 1 - col0]
+                    crop[: part.shape[0], : part.shape[1]] = torch.from_numpy(part)
+                crops.append(crop)
+            return replace(candidates, crops=crops, low_res=None)
         device = getattr(predictor, "device", None) or predictor.model.device
         original_size = tuple(predictor.original_size)
         mask_threshold = _mask_threshold(predictor)
@@ -166,6 +203,61 @@ class PointPromptDecoder:
             masks = self._upscale(logits, original_size) > mask_threshold
             crops += crop_to_boxes(masks.cpu(), candidates.boxes[start : start + chunk])
         return replace(candidates, crops=crops, low_res=None)
+
+    def _window_scores(
+        self, low_res: torch.Tensor, mask_threshold: float, offset: float
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Stability score (float32) and box ((4,) int64) of one (L, L) candidate: those of
+        :func:`stability_score` and :func:`masks_to_boxes` on its full-size logits, which are
+        computed only inside the window where they can exceed ``mask_threshold - offset``, a band
+        of rows at a time (a compact object on a large image costs its window, and no candidate
+        needs a buffer of the image's size)."""
+        predictor = self.predictor
+        low, high = mask_threshold - offset, mask_threshold + offset
+        size = tuple(predictor.original_size)
+        inner = outer = 0
+        box = [size[1], size[0], -1, -1]  # x0, y0, x1, y1 (inclusive)
+        block = predictor._frame_block(low_res, threshold=low)
+        window = None
+        if block is not None:
+            values, origin, frame_shape = block
+            if frame_shape == size:  # no second resize: the frame's block is the window
+                window = (origin[0], origin[0] + values.shape[0])
+                window += (origin[1], origin[1] + values.shape[1])
+            else:
+                window = foreground_window(
+                    values, size, low, origin=origin, source_shape=frame_shape
+                )
+        if window is not None:
+            row0, row1, col0, col1 = window
+            band = max(1, BAND_ELEMENTS // (col1 - col0))
+            for start in range(row0, row1, band):
+                stop = min(row1, start + band)
+                if frame_shape == size:
+                    logits = values[
+                        start - origin[0] : stop - origin[0], col0 - origin[1] : col1 - origin[1]
+                    ]
+                else:
+                    logits = resize_bilinear_window(
+                        values,
+                        size,
+                        (start, stop),
+                        (col0, col1),
+                        origin=origin,
+                        source_shape=frame_shape,
+                    )
+                inner += int((logits > high).sum())
+                outer += int((logits > low).sum())
+                rows = torch.nonzero(logits.amax(dim=1) > mask_threshold).flatten()
+                if rows.numel():
+                    cols = torch.nonzero(logits.amax(dim=0) > mask_threshold).flatten()
+                    box[0] = min(box[0], col0 + int(cols[0]))
+                    box[1] = min(box[1], start + int(rows[0]))
+                    box[2] = max(box[2], col0 + int(cols[-1]))
+                    box[3] = max(box[3], start + int(rows[-1]))
+        counts = torch.tensor([inner, outer], dtype=torch.int32)
+        box = box if box[2] >= 0 else [0, 0, 0, 0]  # masks_to_boxes' box of an empty mask
+        return counts[0] / counts[1], torch.tensor(box, dtype=torch.long)
 
     def _masks_per_chunk(self, chunk_bytes: int) -> int:
         """Candidates upscaled at once: float32 logits at the model input and image sizes."""

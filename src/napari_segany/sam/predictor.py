@@ -491,17 +491,18 @@ class SamPredictor:
         upscale_into(values, out, threshold=threshold, origin=origin, source_shape=frame_shape)
 
     def _frame_block(
-        self, low_res: torch.Tensor
+        self, low_res: torch.Tensor, threshold: float | None = None
     ) -> tuple[torch.Tensor, tuple[int, int], tuple[int, int]] | None:
-        """The part of :meth:`_input_frame_logits` of one (L, L) map that can exceed the mask
-        threshold, plus the pixel around it that a resize to the original size reads: (values,
-        top-left corner, frame shape); ``None`` if no pixel can."""
+        """The part of :meth:`_input_frame_logits` of one (L, L) map that can exceed
+        ``threshold`` (default: the mask threshold), plus the pixel around it that a resize to the
+        original size reads: (values, top-left corner, frame shape); ``None`` if no pixel can."""
         low_res = low_res.float()
         if self.preprocessing.resize == "square":  # the low-res map is the frame
             return low_res, (0, 0), tuple(low_res.shape)
         size = self.model.image_size
         margin = 0 if tuple(self.input_size) == tuple(self.original_size) else 1
-        threshold = self.model.mask_threshold
+        if threshold is None:
+            threshold = self.model.mask_threshold
         block = input_frame_block(low_res, (size, size), self.input_size, threshold, margin=margin)
         if block is None:
             return None
