@@ -211,22 +211,23 @@ def test_masks_are_made_only_for_the_candidates_nms_keeps(tiny_sam_model, monkey
     and boxes as making every mask at once, for an image the size of the model input, larger
     and smaller."""
     from napari_segany.sam import point_decoding
-    from napari_segany.sam.predictor import SamPredictor
 
-    cropped = []  # full-resolution masks made: cut from whole masks, or one upscaled window each
+    cropped = []  # full-resolution masks made: cut from whole masks, or made for kept candidates
     crop_to_boxes = point_decoding.crop_to_boxes
-    upscale_mask = SamPredictor.upscale_mask
+    make_masks = point_decoding.PointPromptDecoder.make_masks
 
     def counting_crop(masks, boxes):
         cropped.append(len(masks))
         return crop_to_boxes(masks, boxes)
 
-    def counting_upscale(self, *args, **kwargs):
-        cropped.append(1)
-        return upscale_mask(self, *args, **kwargs)
+    def counting_make_masks(self, candidates, chunk_bytes):
+        pending = candidates.low_res is not None
+        made = make_masks(self, candidates, chunk_bytes)
+        cropped.append(len(made.crops) if pending else 0)
+        return made
 
     monkeypatch.setattr(point_decoding, "crop_to_boxes", counting_crop)
-    monkeypatch.setattr(SamPredictor, "upscale_mask", counting_upscale)
+    monkeypatch.setattr(point_decoding.PointPromptDecoder, "make_masks", counting_make_masks)
     image = _image(shape, seed=1)
     options = {
         "points_per_side": 16,

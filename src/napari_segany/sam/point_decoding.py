@@ -183,25 +183,25 @@ class PointPromptDecoder:
         if candidates.low_res is None:
             return candidates
         predictor = self.predictor
+        threshold = _mask_threshold(predictor)
+        crops = []
         if hasattr(predictor, "_frame_block"):  # this package's predictor: each box's window
-            crops = []
-            for low_res, box in zip(candidates.low_res, candidates.boxes.tolist(), strict=True):
-                x0, y0, x1, y1 = box
-                window, (row0, col0) = predictor.upscale_mask(low_res.float().numpy(), crop=True)
+            for low_res, (x0, y0, x1, y1) in zip(
+                candidates.low_res, candidates.boxes.tolist(), strict=True
+            ):
                 crop = torch.zeros(y1 - y0 + 1, x1 - x0 + 1, dtype=torch.bool)
-                if window.size:  # else an empty mask: masks_to_boxes gave it the box of (0, 0)
-                    part = window[y0 - row0 : y1 + 1 - row0, x0 - col0 : x1 + 1 - col0]
-                    crop[: part.shape[0], : part.shape[1]] = torch.from_numpy(part)
+                block = predictor._frame_block(low_res)
+                if block is not None:  # else empty: masks_to_boxes' box of an empty mask
+                    for start, logits in self._bands(block, (y0, y1 + 1, x0, x1 + 1)):
+                        crop[start - y0 : start - y0 + len(logits)] = logits > threshold
                 crops.append(crop)
             return replace(candidates, crops=crops, low_res=None)
         device = getattr(predictor, "device", None) or predictor.model.device
         original_size = tuple(predictor.original_size)
-        mask_threshold = _mask_threshold(predictor)
         chunk = self._masks_per_chunk(chunk_bytes)
-        crops = []
         for start in range(0, len(candidates), chunk):
             logits = candidates.low_res[start : start + chunk].to(device).float()
-            masks = self._upscale(logits, original_size) > mask_threshold
+            masks = self._upscale(logits, original_size) > threshold
             crops += crop_to_boxes(masks.cpu(), candidates.boxes[start : start + chunk])
         return replace(candidates, crops=crops, low_res=None)
 
@@ -219,34 +219,10 @@ class PointPromptDecoder:
         inner = outer = 0
         box = [size[1], size[0], -1, -1]  # x0, y0, x1, y1 (inclusive)
         block = predictor._frame_block(low_res, threshold=low)
-        window = None
-        if block is not None:
-            values, origin, frame_shape = block
-            if frame_shape == size:  # no second resize: the frame's block is the window
-                window = (origin[0], origin[0] + values.shape[0])
-                window += (origin[1], origin[1] + values.shape[1])
-            else:
-                window = foreground_window(
-                    values, size, low, origin=origin, source_shape=frame_shape
-                )
+        window = None if block is None else self._window(block, low)
         if window is not None:
-            row0, row1, col0, col1 = window
-            band = max(1, SCORE_BAND_ELEMENTS // (col1 - col0))
-            for start in range(row0, row1, band):
-                stop = min(row1, start + band)
-                if frame_shape == size:
-                    logits = values[
-                        start - origin[0] : stop - origin[0], col0 - origin[1] : col1 - origin[1]
-                    ]
-                else:
-                    logits = resize_bilinear_window(
-                        values,
-                        size,
-                        (start, stop),
-                        (col0, col1),
-                        origin=origin,
-                        source_shape=frame_shape,
-                    )
+            col0 = window[2]
+            for start, logits in self._bands(block, window):
                 inner += int((logits > high).sum())
                 outer += int((logits > low).sum())
                 rows = torch.nonzero(logits.amax(dim=1) > mask_threshold).flatten()
@@ -259,6 +235,41 @@ class PointPromptDecoder:
         counts = torch.tensor([inner, outer], dtype=torch.int32)
         box = box if box[2] >= 0 else [0, 0, 0, 0]  # masks_to_boxes' box of an empty mask
         return counts[0] / counts[1], torch.tensor(box, dtype=torch.long)
+
+    def _window(self, block, threshold: float) -> tuple[int, int, int, int] | None:
+        """(row0, row1, col0, col1) of the full-size map outside which a frame ``block`` (from
+        the predictor's ``_frame_block``) is at most ``threshold``; None if nowhere above."""
+        values, origin, frame_shape = block
+        size = tuple(self.predictor.original_size)
+        if frame_shape == size:  # no second resize: the frame's block is the window
+            return origin[0], origin[0] + values.shape[0], origin[1], origin[1] + values.shape[1]
+        return foreground_window(values, size, threshold, origin=origin, source_shape=frame_shape)
+
+    def _bands(self, block, window: tuple[int, int, int, int]):
+        """``(first row, logits)`` of the full-size map inside ``window`` (row0, row1, col0, col1),
+        :data:`SCORE_BAND_ELEMENTS` at a time, from a frame ``block`` that holds every source
+        pixel the window reads."""
+        values, origin, frame_shape = block
+        size = tuple(self.predictor.original_size)
+        row0, row1, col0, col1 = window
+        band = max(1, SCORE_BAND_ELEMENTS // (col1 - col0))
+        for start in range(row0, row1, band):
+            stop = min(row1, start + band)
+            if frame_shape == size:
+                rows = slice(start - origin[0], stop - origin[0])
+                yield start, values[rows, col0 - origin[1] : col1 - origin[1]]
+            else:
+                yield (
+                    start,
+                    resize_bilinear_window(
+                        values,
+                        size,
+                        (start, stop),
+                        (col0, col1),
+                        origin=origin,
+                        source_shape=frame_shape,
+                    ),
+                )
 
     def _masks_per_chunk(self, chunk_bytes: int) -> int:
         """Candidates upscaled at once: float32 logits at the model input and image sizes."""
