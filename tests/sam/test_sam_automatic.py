@@ -203,14 +203,23 @@ def test_same_masks_as_official_on_the_same_weights(official, official_tiny_sam,
         assert a["point_coords"] == b["point_coords"]
 
 
-@pytest.mark.parametrize("shape", [(128, 128), (300, 200), (90, 70)])
-def test_masks_are_made_only_for_the_candidates_nms_keeps(tiny_sam_model, monkeypatch, shape):
+@pytest.mark.parametrize(
+    ("preprocessing", "shape"),
+    [("sam", (128, 128)), ("sam", (300, 200)), ("sam", (90, 70)), ("medsam", (300, 200))],
+)
+def test_masks_are_made_only_for_the_candidates_nms_keeps(
+    tiny_sam_model, tiny_sam_hf_folder, monkeypatch, preprocessing, shape
+):
     """Candidates wait for non-maximum suppression as low-resolution logits (a few hundred KB
     each, whatever the image size), scored from their full-size logits inside the window where
     they can pass the lowest threshold; only the kept ones get a mask. The same masks, scores
     and boxes as making every mask at once, for an image the size of the model input, larger
-    and smaller."""
-    from napari_segany.sam import point_decoding
+    and smaller, and with MedSAM's square resize."""
+    from napari_segany.sam import load_sam, point_decoding
+
+    model = tiny_sam_model
+    if preprocessing == "medsam":
+        model = load_sam(tiny_sam_hf_folder, precision="fp32", preprocessing="medsam")
 
     cropped = []  # full-resolution masks made: cut from whole masks, or made for kept candidates
     crop_to_boxes = point_decoding.crop_to_boxes
@@ -235,7 +244,7 @@ def test_masks_are_made_only_for_the_candidates_nms_keeps(tiny_sam_model, monkey
         "stability_score_thresh": 0.0,
         "box_nms_thresh": 0.95,
     }
-    deferred = SamAutomaticMaskGenerator(tiny_sam_model, **options).generate(image)
+    deferred = SamAutomaticMaskGenerator(model, **options).generate(image)
     made_deferred = sum(cropped)
 
     cropped.clear()
@@ -245,7 +254,7 @@ def test_masks_are_made_only_for_the_candidates_nms_keeps(tiny_sam_model, monkey
         return decode_points(self, *args, **{**kwargs, "defer_masks": False})
 
     monkeypatch.setattr(point_decoding.PointPromptDecoder, "decode_points", at_once)
-    immediate = SamAutomaticMaskGenerator(tiny_sam_model, **options).generate(image)
+    immediate = SamAutomaticMaskGenerator(model, **options).generate(image)
     made_immediate = sum(cropped)
 
     assert len(deferred) >= 3
