@@ -2,7 +2,10 @@
 
 This is the per-batch step of "segment everything". Unlike the official generator it filters
 by predicted IoU on the low-resolution output, so that only surviving masks are upscaled to
-full resolution, and it upscales them in chunks of bounded memory.
+full resolution, and it upscales them in chunks of bounded memory. With ``defer_masks`` (what
+the generator uses) a candidate is scored from its full-size logits only inside the window where
+they can pass the lowest threshold, and waits for non-maximum suppression as its low-resolution
+logits; :meth:`PointPromptDecoder.make_masks` then makes the masks of the kept ones.
 """
 
 from __future__ import annotations
@@ -142,6 +145,7 @@ class PointPromptDecoder:
                 crop_boxes=torch.zeros(len(chosen), 4, dtype=torch.long),
                 low_res=source[chosen.to(source.device)].cpu(),
             )
+        # Any other predictor: whole maps, a chunk of candidates at a time.
         parts = []
         for start in range(0, len(indices), chunk):
             chosen = indices[start : start + chunk]
