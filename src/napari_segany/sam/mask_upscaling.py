@@ -16,6 +16,7 @@ at 0, last row/column repeated), so the values equal ``F.interpolate``'s to floa
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -179,6 +180,51 @@ def resize_bilinear_window(
         blend[where, second - top] += r_weight[start : start + step]  # + at the clamped edge
         torch.mm(blend, columns[top:bottom], out=out[start : start + step])
     return out
+
+
+def block_window(
+    block: tuple[torch.Tensor, tuple[int, int], tuple[int, int]],
+    size: tuple[int, int],
+    threshold: float,
+) -> tuple[int, int, int, int] | None:
+    """Output window ``(row0, row1, col0, col1)`` of the (H, W) ``size`` map outside which a frame
+    ``block`` ``(values, origin, frame shape)`` resized to ``size`` is at most ``threshold``;
+    ``None`` if nowhere above. A frame of ``size`` itself is not resized: the block's extent."""
+    values, origin, frame_shape = block
+    if tuple(frame_shape) == tuple(size):
+        return origin[0], origin[0] + values.shape[0], origin[1], origin[1] + values.shape[1]
+    return foreground_window(values, size, threshold, origin=origin, source_shape=frame_shape)
+
+
+def block_bands(
+    block: tuple[torch.Tensor, tuple[int, int], tuple[int, int]],
+    size: tuple[int, int],
+    window: tuple[int, int, int, int],
+    band_elements: int = BAND_ELEMENTS,
+) -> Iterator[tuple[int, torch.Tensor]]:
+    """``(first row, float32 logits)`` of a frame ``block`` resized to ``size``, inside ``window``
+    ``(row0, row1, col0, col1)``, about ``band_elements`` values at a time. The block must hold
+    every source pixel the window reads (as from :func:`block_window`)."""
+    values, origin, frame_shape = block
+    row0, row1, col0, col1 = window
+    band = max(1, band_elements // max(1, col1 - col0))
+    for start in range(row0, row1, band):
+        stop = min(row1, start + band)
+        if tuple(frame_shape) == tuple(size):  # no resize: the block's own values
+            rows = slice(start - origin[0], stop - origin[0])
+            yield start, values[rows, col0 - origin[1] : col1 - origin[1]].float()
+        else:
+            yield (
+                start,
+                resize_bilinear_window(
+                    values,
+                    size,
+                    (start, stop),
+                    (col0, col1),
+                    origin=origin,
+                    source_shape=frame_shape,
+                ),
+            )
 
 
 def upscale_into(

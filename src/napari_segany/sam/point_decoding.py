@@ -18,7 +18,7 @@ import torch
 
 from napari_segany.sam.box_nms import boxes_near_crop_edge, masks_to_boxes
 from napari_segany.sam.mask_records import MaskCandidates, crop_to_boxes, stability_score
-from napari_segany.sam.mask_upscaling import foreground_window, resize_bilinear_window
+from napari_segany.sam.mask_upscaling import block_bands, block_window
 
 SCORE_BAND_ELEMENTS = 1 << 20
 """Full-size logits of one candidate scored at once (4 MB). A candidate spread over a 4096²
@@ -188,6 +188,7 @@ class PointPromptDecoder:
             return candidates
         predictor = self.predictor
         threshold = _mask_threshold(predictor)
+        size = tuple(predictor.original_size)
         crops = []
         if hasattr(predictor, "_frame_block"):  # this package's predictor: each box's window
             for low_res, (x0, y0, x1, y1) in zip(
@@ -196,16 +197,16 @@ class PointPromptDecoder:
                 crop = torch.zeros(y1 - y0 + 1, x1 - x0 + 1, dtype=torch.bool)
                 block = predictor._frame_block(low_res)
                 if block is not None:  # else empty: masks_to_boxes' box of an empty mask
-                    for start, logits in self._bands(block, (y0, y1 + 1, x0, x1 + 1)):
+                    box_window = (y0, y1 + 1, x0, x1 + 1)
+                    for start, logits in block_bands(block, size, box_window, SCORE_BAND_ELEMENTS):
                         crop[start - y0 : start - y0 + len(logits)] = logits > threshold
                 crops.append(crop)
             return replace(candidates, crops=crops, low_res=None)
         device = getattr(predictor, "device", None) or predictor.model.device
-        original_size = tuple(predictor.original_size)
         chunk = self._masks_per_chunk(chunk_bytes)
         for start in range(0, len(candidates), chunk):
             logits = candidates.low_res[start : start + chunk].to(device).float()
-            masks = self._upscale(logits, original_size) > threshold
+            masks = self._upscale(logits, size) > threshold
             crops += crop_to_boxes(masks.cpu(), candidates.boxes[start : start + chunk])
         return replace(candidates, crops=crops, low_res=None)
 
@@ -223,10 +224,10 @@ class PointPromptDecoder:
         inner = outer = 0
         box = [size[1], size[0], -1, -1]  # x0, y0, x1, y1 (inclusive)
         block = predictor._frame_block(low_res, threshold=low)
-        window = None if block is None else self._window(block, low)
+        window = None if block is None else block_window(block, size, low)
         if window is not None:
             col0 = window[2]
-            for start, logits in self._bands(block, window):
+            for start, logits in block_bands(block, size, window, SCORE_BAND_ELEMENTS):
                 inner += int((logits > high).sum())
                 outer += int((logits > low).sum())
                 rows = torch.nonzero(logits.amax(dim=1) > mask_threshold).flatten()
@@ -239,41 +240,6 @@ class PointPromptDecoder:
         counts = torch.tensor([inner, outer], dtype=torch.int32)
         box = box if box[2] >= 0 else [0, 0, 0, 0]  # masks_to_boxes' box of an empty mask
         return counts[0] / counts[1], torch.tensor(box, dtype=torch.long)
-
-    def _window(self, block, threshold: float) -> tuple[int, int, int, int] | None:
-        """(row0, row1, col0, col1) of the full-size map outside which a frame ``block`` (from
-        the predictor's ``_frame_block``) is at most ``threshold``; None if nowhere above."""
-        values, origin, frame_shape = block
-        size = tuple(self.predictor.original_size)
-        if frame_shape == size:  # no second resize: the frame's block is the window
-            return origin[0], origin[0] + values.shape[0], origin[1], origin[1] + values.shape[1]
-        return foreground_window(values, size, threshold, origin=origin, source_shape=frame_shape)
-
-    def _bands(self, block, window: tuple[int, int, int, int]):
-        """``(first row, logits)`` of the full-size map inside ``window`` (row0, row1, col0, col1),
-        :data:`SCORE_BAND_ELEMENTS` at a time, from a frame ``block`` that holds every source
-        pixel the window reads."""
-        values, origin, frame_shape = block
-        size = tuple(self.predictor.original_size)
-        row0, row1, col0, col1 = window
-        band = max(1, SCORE_BAND_ELEMENTS // (col1 - col0))
-        for start in range(row0, row1, band):
-            stop = min(row1, start + band)
-            if frame_shape == size:
-                rows = slice(start - origin[0], stop - origin[0])
-                yield start, values[rows, col0 - origin[1] : col1 - origin[1]]
-            else:
-                yield (
-                    start,
-                    resize_bilinear_window(
-                        values,
-                        size,
-                        (start, stop),
-                        (col0, col1),
-                        origin=origin,
-                        source_shape=frame_shape,
-                    ),
-                )
 
     def _masks_per_chunk(self, chunk_bytes: int) -> int:
         """Candidates upscaled at once: float32 logits at the model input and image sizes."""

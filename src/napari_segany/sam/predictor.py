@@ -19,10 +19,9 @@ from napari_segany.errors import explain_out_of_memory
 from napari_segany.image_conversion import to_uint8_rgb
 from napari_segany.sam import transforms
 from napari_segany.sam.mask_upscaling import (
-    BAND_ELEMENTS,
-    foreground_window,
+    block_bands,
+    block_window,
     input_frame_block,
-    resize_bilinear_window,
     upscale_into,
 )
 from napari_segany.sam.prompt_validation import (
@@ -434,18 +433,13 @@ class SamPredictor:
         if frame_shape == (height, width):  # no second resize: the frame's window itself
             part = values.float().cpu()
             return (part if return_logits else part > threshold).numpy(), (row0, col0)
-        resized = {"origin": (row0, col0), "source_shape": frame_shape}
-        window = foreground_window(values, (height, width), threshold, **resized)
+        window = block_window(block, (height, width), threshold)
         if window is None:
             return empty
         row0, row1, col0, col1 = window
         out = torch.empty(row1 - row0, col1 - col0, dtype=torch.float32)
-        band = max(1, BAND_ELEMENTS // max(1, col1 - col0))
-        for start in range(row0, row1, band):
-            stop = min(row1, start + band)
-            out[start - row0 : stop - row0] = resize_bilinear_window(
-                values, (height, width), (start, stop), (col0, col1), **resized
-            ).cpu()
+        for start, logits in block_bands(block, (height, width), window):
+            out[start - row0 : start - row0 + len(logits)] = logits.cpu()
         return (out if return_logits else out > threshold).numpy(), (row0, col0)
 
     def _decode(self, coords, labels, boxes, masks, multimask_output):

@@ -153,7 +153,7 @@ class Sam(nn.Module):
     def _prompts_per_decoder_call(self, batch: int) -> int:
         """How many prompts one mask decoder call takes: all of them on a GPU; on the CPU as many
         as :data:`CPU_DECODER_CHUNK_BYTES` of upscaling-head activations hold."""
-        if self.device.type != "cpu":
+        if batch == 1 or self.device.type != "cpu":  # a click: nothing to work out
             return batch
         height, width = self.low_res_mask_size
         per_prompt = height * width * (self.mask_decoder.transformer_dim // 8) * self.dtype.itemsize
